@@ -1,0 +1,107 @@
+"""Memory accounting: parameters and training bytes, full model vs pruned vs the floor.
+
+The floor of a pruned run is the non-embedding parameters plus the kept rows. Bytes per trainable
+parameter by regime (weights + gradients + optimizer states):
+  fp32_adamw  4 + 4 + 8 (two fp32 moments)                      = 16
+  bf16_mixed  2 (bf16 weights) + 2 (bf16 grads) + 12 (fp32 master + two moments) = 16
+  adamw_8bit  4 + 4 + 2 (two 8-bit moments)                     = 10
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+BYTES_PER_PARAM = {"fp32_adamw": 16, "bf16_mixed": 16, "adamw_8bit": 10}
+
+
+def count_params(model: nn.Module, *, trainable_only: bool = False) -> int:
+    """Parameters counted once each (tied parameters once)."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) in seen or (trainable_only and not p.requires_grad):
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total
+
+
+@dataclass(frozen=True)
+class ParamBudget:
+    """Parameter counts for one model and one kept vocabulary."""
+
+    vocab_size: int
+    kept: int
+    hidden: int
+    model_params: int
+    vocab_params: int  # every parameter indexed by vocabulary id (input rows, untied head, bias)
+
+    @property
+    def per_id(self) -> int:
+        return self.vocab_params // self.vocab_size if self.vocab_size else 0
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab_params
+
+    @property
+    def pruned_params(self) -> int:
+        return self.model_params - (self.vocab_size - self.kept) * self.per_id
+
+    @property
+    def floor_params(self) -> int:
+        """Non-embedding parameters + kept rows: what a pruned run cannot go below."""
+        return self.model_params - self.vocab_params + self.kept * self.per_id
+
+    def bytes(self, regime: str = "fp32_adamw") -> dict[str, int]:
+        per = BYTES_PER_PARAM[regime]
+        return {
+            "full": self.model_params * per,
+            "pruned": self.pruned_params * per,
+            "floor": self.floor_params * per,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(
+            embedding_params=self.embedding_params,
+            pruned_params=self.pruned_params,
+            floor_params=self.floor_params,
+        )
+        out["bytes"] = {regime: self.bytes(regime) for regime in BYTES_PER_PARAM}
+        return out
+
+
+def vocab_params(model: nn.Module) -> tuple[int, int]:
+    """(parameters indexed by vocabulary id, hidden size): input rows plus an untied head."""
+    emb = model.get_input_embeddings()
+    total = emb.weight.numel()
+    seen = {id(emb.weight)}
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None:
+        for p in (getattr(head, "weight", None), getattr(head, "bias", None)):
+            if (
+                isinstance(p, torch.Tensor)
+                and id(p) not in seen
+                and p.shape[0] == emb.weight.shape[0]
+            ):
+                seen.add(id(p))
+                total += p.numel()
+    return total, int(emb.weight.shape[1])
+
+
+def budget(model: nn.Module, kept: int, vocab_size: int | None = None) -> ParamBudget:
+    """Budget for a full (unpruned) model, or a meta-device one built from its config."""
+    vparams, hidden = vocab_params(model)
+    rows = vocab_size or int(model.get_input_embeddings().weight.shape[0])
+    return ParamBudget(
+        vocab_size=rows,
+        kept=kept,
+        hidden=hidden,
+        model_params=count_params(model),
+        vocab_params=vparams,
+    )

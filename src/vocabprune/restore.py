@@ -1,0 +1,35 @@
+"""Restore: write the trained rows back into the full matrices; the model is ordinary again.
+
+The untouched rows come back from the row store (the model's own checkpoint, memory-mapped, or
+the offloaded copy). `dropped_scale` multiplies the rows that were not kept: it is how decoupled
+weight decay, which full fine-tuning applies to rows that never get a gradient, is reproduced.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from vocabprune.errors import VocabPruneError
+from vocabprune.state import detach, get_state, state_owner
+
+
+def restore(model: nn.Module, *, dropped_scale: float | None = None) -> nn.Module:
+    """Put the full-vocabulary tensors back (trained rows included) and undo every change."""
+    state = get_state(model)
+    if state is None:
+        raise VocabPruneError("model is not pruned: nothing to restore")
+    owner = state_owner(model)
+    assert owner is not None
+    expanded = []
+    for tensor in state.tensors:
+        live = tensor.live()
+        full = tensor.expanded(state.index(live.device), scale=dropped_scale)
+        expanded.append((tensor, full, live.requires_grad))
+    # Every read succeeded: only now change the model.
+    for tensor, full, requires_grad in expanded:
+        tensor.set(nn.Parameter(full, requires_grad=requires_grad) if tensor.is_parameter else full)
+        tensor.store.close()
+    for change in state.module_changes + state.config_changes:
+        change.revert()
+    detach(owner, state)
+    return model

@@ -1,0 +1,168 @@
+"""Where the original full matrices live while a model is pruned: never a second copy in memory.
+
+When the model was loaded from a safetensors checkpoint, the untouched rows already live in that
+file: we memory-map them back at restore. Otherwise they are offloaded, to CPU RAM when the
+tensor sits on an accelerator and to a temporary safetensors file when it sits on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import weakref
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from vocabprune.errors import MismatchError
+
+
+class RowStore(Protocol):
+    """The original full tensor, readable again at restore."""
+
+    description: str
+
+    def full(self) -> torch.Tensor:
+        """A fresh CPU tensor holding the original full matrix."""
+        ...
+
+    def close(self) -> None:
+        """Release whatever the store holds (temporary files)."""
+        ...
+
+
+class CheckpointRows:
+    """Rows read back from the model's own safetensors checkpoint, memory-mapped."""
+
+    def __init__(self, path: Path, key: str, dtype: torch.dtype) -> None:
+        self.path = path
+        self.key = key
+        self.dtype = dtype
+        self.description = f"checkpoint {path.name}:{key}"
+
+    def full(self) -> torch.Tensor:
+        if not self.path.exists():
+            raise MismatchError(
+                f"checkpoint {self.path} that held the original rows of {self.key!r} is gone"
+            )
+        with safe_open(str(self.path), framework="pt") as f:
+            return f.get_tensor(self.key).to(self.dtype)
+
+    def close(self) -> None:
+        return None
+
+
+class MemoryRows:
+    """Rows kept in CPU RAM: used when the model trains on an accelerator."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self._tensor = tensor.detach().to("cpu", copy=True)
+        self.description = "CPU memory"
+
+    def full(self) -> torch.Tensor:
+        return self._tensor.clone()
+
+    def close(self) -> None:
+        self._tensor = torch.empty(0)
+
+
+class TempFileRows:
+    """Rows written to a temporary safetensors file: used when the model trains on the CPU."""
+
+    def __init__(self, tensor: torch.Tensor, directory: str | None = None) -> None:
+        fd, name = tempfile.mkstemp(prefix="vocabprune-", suffix=".safetensors", dir=directory)
+        os.close(fd)
+        self.path = Path(name)
+        self._finalizer = weakref.finalize(self, _unlink, self.path)
+        save_file({"rows": tensor.detach().contiguous().cpu()}, str(self.path))
+        self.dtype = tensor.dtype
+        self.description = f"temporary file {self.path}"
+
+    def full(self) -> torch.Tensor:
+        with safe_open(str(self.path), framework="pt") as f:
+            return f.get_tensor("rows")
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _unlink(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def checkpoint_files(folder: Path) -> dict[str, Path]:
+    """Map tensor name -> safetensors file for a Hugging Face folder (single or sharded)."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return {k: folder / v for k, v in weight_map.items()}
+    single = folder / "model.safetensors"
+    if single.is_file():
+        with safe_open(str(single), framework="pt") as f:
+            return dict.fromkeys(f.keys(), single)
+    return {}
+
+
+def _candidate_keys(qualname: str, prefix: str | None) -> list[str]:
+    keys = [qualname]
+    head, _, rest = qualname.partition(".")
+    if prefix and head == prefix and rest:
+        keys.append(rest)
+    if prefix and head != prefix:
+        keys.append(f"{prefix}.{qualname}")
+    return keys
+
+
+def _sample_rows(n: int, count: int = 8) -> list[int]:
+    if n <= count:
+        return list(range(n))
+    step = (n - 1) / (count - 1)
+    return sorted({round(i * step) for i in range(count)})
+
+
+def find_checkpoint_rows(
+    folder: str | os.PathLike[str] | None,
+    qualnames: list[str],
+    tensor: torch.Tensor,
+    base_prefix: str | None,
+) -> CheckpointRows | None:
+    """The checkpoint tensor equal to `tensor`, if the model was loaded from one and is unchanged.
+
+    Equality is checked on a sample of rows (bitwise, after casting to the live dtype), so a
+    matrix the user changed after loading is offloaded instead of read back wrong.
+    """
+    if not folder:
+        return None
+    root = Path(folder)
+    if not root.is_dir():
+        return None
+    try:
+        files = checkpoint_files(root)
+    except (OSError, ValueError, KeyError):
+        return None
+    for qualname in qualnames:
+        for key in _candidate_keys(qualname, base_prefix):
+            path = files.get(key)
+            if path is None:
+                continue
+            with safe_open(str(path), framework="pt") as f:
+                sl = f.get_slice(key)
+                if tuple(sl.get_shape()) != tuple(tensor.shape):
+                    continue
+                rows = _sample_rows(tensor.shape[0])
+                live = tensor.detach()[rows].cpu()
+                stored = torch.cat([sl[r : r + 1] for r in rows]).to(tensor.dtype)
+                if torch.equal(live, stored):
+                    return CheckpointRows(path, key, tensor.dtype)
+    return None
+
+
+def offload(tensor: torch.Tensor, *, directory: str | None = None) -> RowStore:
+    """Keep the original tensor out of the memory being saved: CPU RAM or a temporary file."""
+    if tensor.device.type == "cpu":
+        return TempFileRows(tensor, directory)
+    return MemoryRows(tensor)

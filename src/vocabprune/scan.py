@@ -1,0 +1,406 @@
+"""Scanning: count every token id the run will see, vectorized (bincount), union over splits.
+
+Inputs: a list of strings, file paths and labelled folders (see sources.py), `datasets` Dataset /
+DatasetDict / IterableDataset (text columns or already tokenized `input_ids`, padded or ragged),
+or a dict of named splits of any of these.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from vocabprune.errors import ScanError
+from vocabprune.sources import Columns, pick_text_columns, read_table, texts_of
+from vocabprune.vocab import KeptVocab
+
+DEFAULT_BATCH = 1000
+
+
+@dataclass
+class SplitCounts:
+    """Counts of one split (or source): per-id counts, tokens and examples."""
+
+    counts: np.ndarray
+    tokens: int
+    examples: int
+
+
+@dataclass
+class ScanResult:
+    """Per-id counts over all splits, and each split's own counts (for reports and overlap)."""
+
+    vocab_size: int
+    splits: dict[str, SplitCounts] = field(default_factory=dict)
+
+    @property
+    def counts(self) -> np.ndarray:
+        total = np.zeros(self.vocab_size, dtype=np.int64)
+        for split in self.splits.values():
+            total += split.counts
+        return total
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(s.tokens for s in self.splits.values())
+
+    @property
+    def num_examples(self) -> int:
+        return sum(s.examples for s in self.splits.values())
+
+    @property
+    def used_ids(self) -> int:
+        return int(np.count_nonzero(self.counts))
+
+    def add(self, name: str, counts: np.ndarray, examples: int) -> None:
+        name = _unique(name, self.splits)
+        self.splits[name] = SplitCounts(counts, int(counts.sum()), examples)
+
+
+def _unique(name: str, taken: Mapping[str, Any]) -> str:
+    if name not in taken:
+        return name
+    i = 2
+    while f"{name}#{i}" in taken:
+        i += 1
+    return f"{name}#{i}"
+
+
+def bincount_ids(ids: np.ndarray, vocab_size: int, *, source: str = "data") -> np.ndarray:
+    """Count a flat array of ids; ids outside [0, vocab_size) are an error naming the id."""
+    ids = np.asarray(ids)
+    if ids.size == 0:
+        return np.zeros(vocab_size, dtype=np.int64)
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise ScanError(f"{source}: input_ids must be integers, found {ids.dtype}")
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= vocab_size:
+        bad = lo if lo < 0 else hi
+        raise ScanError(f"{source}: token id {bad} is outside the vocabulary of {vocab_size} ids")
+    return np.bincount(ids, minlength=vocab_size).astype(np.int64, copy=False)
+
+
+def _flatten(rows: Sequence[Any], mask: Sequence[Any] | None = None) -> np.ndarray:
+    """Ragged or padded rows -> one flat int64 array without masked positions (no token loop)."""
+    if len(rows) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if isinstance(rows, np.ndarray) and rows.ndim == 2:
+        flat = rows if mask is None else rows[np.asarray(mask).astype(bool)]
+        return np.asarray(flat, dtype=np.int64).ravel()
+    arrays = [np.asarray(r, dtype=np.int64).ravel() for r in rows]
+    flat = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
+    if mask is not None:
+        keep = np.concatenate([np.asarray(m).ravel() for m in mask]).astype(bool)
+        flat = flat[keep]
+    return flat
+
+
+def count_token_ids(
+    rows: Sequence[Any],
+    vocab_size: int,
+    *,
+    attention_mask: Sequence[Any] | None = None,
+    source: str = "data",
+) -> np.ndarray:
+    """Count already tokenized ids (ragged lists, padded arrays); masked positions are skipped."""
+    return bincount_ids(_flatten(rows, attention_mask), vocab_size, source=source)
+
+
+def _batches(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def count_texts(
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    pairs: Sequence[str] | None = None,
+    max_length: int | None = None,
+    vocab_size: int | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    progress: bool | None = None,
+    source: str = "texts",
+) -> np.ndarray:
+    """Tokenize as the run will (special tokens, truncation) and count the ids."""
+    size = vocab_size or len(tokenizer)
+    counts = np.zeros(size, dtype=np.int64)
+    kwargs: dict[str, Any] = {"add_special_tokens": True}
+    if max_length:
+        kwargs.update(truncation=True, max_length=max_length)
+    bar = tqdm(
+        total=len(texts), desc=f"scanning {source}", unit="ex", disable=_quiet(progress, len(texts))
+    )
+    for sl in _batches(len(texts), batch_size):
+        args = (list(texts[sl]),) if pairs is None else (list(texts[sl]), list(pairs[sl]))
+        enc = tokenizer(*args, **kwargs)
+        counts += bincount_ids(_flatten(enc["input_ids"]), size, source=source)
+        bar.update(sl.stop - sl.start)
+    bar.close()
+    return counts
+
+
+def _quiet(progress: bool | None, n: int) -> bool | None:
+    if progress is None:
+        return None if n >= 5 * DEFAULT_BATCH else True  # None: tqdm shows a bar only on a TTY
+    return not progress
+
+
+def _count_columns(
+    tokenizer: Any,
+    columns: Columns,
+    source: str,
+    *,
+    text_column: str | None,
+    max_length: int | None,
+    vocab_size: int,
+    progress: bool | None,
+) -> tuple[np.ndarray, int]:
+    names = list(columns)
+    if "input_ids" in columns and not text_column:
+        ids = columns["input_ids"]
+        counts = count_token_ids(
+            ids, vocab_size, attention_mask=columns.get("attention_mask"), source=source
+        )
+        return counts, len(ids)
+    cols = pick_text_columns(names, text_column, source)
+    texts, pairs = texts_of(columns, cols, source)
+    counts = count_texts(
+        tokenizer,
+        texts,
+        pairs=pairs,
+        max_length=max_length,
+        vocab_size=vocab_size,
+        progress=progress,
+        source=source,
+    )
+    return counts, len(texts)
+
+
+def _is_dataset(obj: Any) -> bool:
+    return hasattr(obj, "column_names") and (hasattr(obj, "iter") or hasattr(obj, "__iter__"))
+
+
+def _count_dataset(
+    tokenizer: Any,
+    dataset: Any,
+    source: str,
+    *,
+    text_column: str | None,
+    max_length: int | None,
+    vocab_size: int,
+    progress: bool | None,
+    batch_size: int,
+) -> tuple[np.ndarray, int]:
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    examples = 0
+    names = list(dataset.column_names or [])
+    if not ("input_ids" in names and not text_column):
+        pick_text_columns(names, text_column, source)  # fail early on a missing column
+    total = len(dataset) if hasattr(dataset, "__len__") else None
+    bar = tqdm(
+        total=total,
+        desc=f"scanning {source}",
+        unit="ex",
+        disable=_quiet(progress, total or 0) if total else (progress is False),
+    )
+    for batch in _iter_batches(dataset, batch_size):
+        c, n = _count_columns(
+            tokenizer,
+            batch,
+            source,
+            text_column=text_column,
+            max_length=max_length,
+            vocab_size=vocab_size,
+            progress=False,
+        )
+        counts += c
+        examples += n
+        bar.update(n)
+    bar.close()
+    if examples == 0:
+        raise ScanError(f"{source} holds no examples")
+    return counts, examples
+
+
+def _iter_batches(dataset: Any, batch_size: int) -> Iterable[Columns]:
+    if hasattr(dataset, "iter"):
+        yield from dataset.iter(batch_size=batch_size)
+        return
+    batch: list[dict[str, Any]] = []  # a plain iterable of dicts (e.g. a generator)
+    for row in dataset:
+        batch.append(row)
+        if len(batch) == batch_size:
+            yield {k: [r[k] for r in batch] for k in batch[0]}
+            batch = []
+    if batch:
+        yield {k: [r[k] for r in batch] for k in batch[0]}
+
+
+def scan(
+    tokenizer: Any,
+    *data: Any,
+    text_column: str | None = None,
+    max_length: int | None = None,
+    vocab_size: int | None = None,
+    progress: bool | None = None,
+    batch_size: int = DEFAULT_BATCH,
+) -> ScanResult:
+    """Count token ids over every source given; each becomes a split of the result.
+
+    A source is: a list of strings; a path (str or Path) to a file or labelled folder; a list of
+    paths; a `datasets` Dataset, IterableDataset or DatasetDict; or a dict of named sources.
+    """
+    size = vocab_size or len(tokenizer)
+    result = ScanResult(size)
+    if not data:
+        raise ScanError("no data given to scan")
+    for item in data:
+        for name, source in _named_sources(item):
+            counts, n = _count_source(
+                tokenizer,
+                source,
+                name,
+                text_column=text_column,
+                max_length=max_length,
+                vocab_size=size,
+                progress=progress,
+                batch_size=batch_size,
+            )
+            if n == 0:
+                raise ScanError(f"{name} holds no examples")
+            result.add(name, counts, n)
+    if result.total_tokens == 0:
+        raise ScanError("the data holds no tokens")
+    return result
+
+
+def _named_sources(item: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(item, (str, os.PathLike)):
+        yield str(item), Path(item)
+    elif isinstance(item, Mapping):  # DatasetDict or {split: source}
+        if not item:
+            raise ScanError("empty mapping of splits given to scan")
+        for key, value in item.items():
+            yield str(key), value
+    elif _is_dataset(item):
+        yield (
+            getattr(getattr(item, "split", None), "__str__", lambda: "dataset")() or "dataset",
+            item,
+        )
+    elif isinstance(item, Sequence) and item and all(isinstance(x, os.PathLike) for x in item):
+        for path in item:
+            yield str(path), Path(path)
+    elif isinstance(item, Sequence):
+        yield "texts", list(item)
+    else:
+        raise ScanError(f"cannot scan a {type(item).__name__}: give texts, paths or a dataset")
+
+
+def _count_source(
+    tokenizer: Any,
+    source: Any,
+    name: str,
+    *,
+    text_column: str | None,
+    max_length: int | None,
+    vocab_size: int,
+    progress: bool | None,
+    batch_size: int,
+) -> tuple[np.ndarray, int]:
+    if isinstance(source, Path):
+        columns = read_table(source)
+        return _count_columns(
+            tokenizer,
+            columns,
+            name,
+            text_column=text_column,
+            max_length=max_length,
+            vocab_size=vocab_size,
+            progress=progress,
+        )
+    if _is_dataset(source):
+        return _count_dataset(
+            tokenizer,
+            source,
+            name,
+            text_column=text_column,
+            max_length=max_length,
+            vocab_size=vocab_size,
+            progress=progress,
+            batch_size=batch_size,
+        )
+    if isinstance(source, (str, os.PathLike)):
+        return _count_source(
+            tokenizer,
+            Path(source),
+            name,
+            text_column=text_column,
+            max_length=max_length,
+            vocab_size=vocab_size,
+            progress=progress,
+            batch_size=batch_size,
+        )
+    if isinstance(source, Sequence):
+        texts = list(source)
+        if not texts:
+            raise ScanError(f"{name} holds no examples")
+        if all(isinstance(t, str) for t in texts):
+            return count_texts(
+                tokenizer,
+                texts,
+                max_length=max_length,
+                vocab_size=vocab_size,
+                progress=progress,
+                source=name,
+                batch_size=batch_size,
+            ), len(texts)
+        if all(isinstance(t, Sequence | np.ndarray) for t in texts):
+            return count_token_ids(texts, vocab_size, source=name), len(texts)
+        raise ScanError(f"{name}: expected strings or lists of token ids")
+    raise ScanError(f"cannot scan {name}: a {type(source).__name__}")
+
+
+def build_kept_vocab(
+    tokenizer: Any,
+    *data: Any,
+    model: Any = None,
+    text_column: str | None = None,
+    max_length: int | None = None,
+    min_count: int = 1,
+    extra_ids: Iterable[int] = (),
+    progress: bool | None = None,
+) -> KeptVocab:
+    """Scan the data and keep every id it uses, plus the specials the model must see or emit."""
+    from vocabprune.vocab import embedding_shape
+
+    size = embedding_shape(model)[0] if model is not None else len(tokenizer)
+    result = scan(
+        tokenizer,
+        *data,
+        text_column=text_column,
+        max_length=max_length,
+        vocab_size=size,
+        progress=progress,
+    )
+    meta = {
+        "total_tokens": result.total_tokens,
+        "examples": result.num_examples,
+        "max_length": max_length,
+        "splits": list(result.splits),
+    }
+    return KeptVocab.from_counts(
+        result.counts,
+        tokenizer=tokenizer,
+        model=model,
+        extra_ids=extra_ids,
+        min_count=min_count,
+        vocab_size=size,
+        meta=meta,
+    )

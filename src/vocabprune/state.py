@@ -1,0 +1,224 @@
+"""The record a pruned model carries: what was swapped, where the originals live, what to undo.
+
+It also makes every save taken while pruned a full-vocabulary save: `state_dict()` returns the
+full matrices (original rows from the row store, trained rows from the live parameter), loading a
+full state dict slices it to the kept rows, and `save_pretrained` writes the full config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from vocabprune.rowstore import RowStore
+from vocabprune.vocab import KeptVocab
+
+STATE_ATTR = "_vocabprune_state"
+
+
+@dataclass
+class PrunedTensor:
+    """One vocabulary-sized tensor (shared by all its owners when tied) and its original store."""
+
+    owners: list[tuple[nn.Module, str, str]]  # (module, attribute, qualified name in the model)
+    axis: int
+    full_size: int
+    is_parameter: bool
+    store: RowStore
+
+    @property
+    def name(self) -> str:
+        return self.owners[0][2]
+
+    def live(self) -> torch.Tensor:
+        module, attr, _ = self.owners[0]
+        return getattr(module, attr)  # type: ignore[no-any-return]
+
+    def set(self, value: torch.Tensor) -> None:
+        for module, attr, _ in self.owners:
+            if self.is_parameter:
+                setattr(module, attr, value)
+            else:
+                module._buffers[attr] = value
+
+    def expanded(self, index: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+        """The full tensor: original rows (optionally scaled) with the live kept rows written in."""
+        live = self.live().detach()
+        full = self.store.full().to(device=live.device, dtype=live.dtype)
+        if scale is not None and scale != 1.0:
+            full.mul_(scale)
+        full.index_copy_(self.axis, index.to(live.device), live)
+        return full
+
+
+@dataclass
+class AttrChange:
+    """An attribute changed while pruned (config ids, num_embeddings, padding_idx, ...)."""
+
+    obj: Any
+    attr: str
+    old: Any
+    new: Any
+
+    def apply(self) -> None:
+        setattr(self.obj, self.attr, self.new)
+
+    def revert(self) -> None:
+        setattr(self.obj, self.attr, self.old)
+
+
+@dataclass
+class PrunedState:
+    """Everything `restore` needs, attached to the model as `model._vocabprune_state`."""
+
+    kept: KeptVocab
+    tensors: list[PrunedTensor]
+    full_input_shape: tuple[int, int]
+    module_changes: list[AttrChange] = field(default_factory=list)
+    config_changes: list[AttrChange] = field(default_factory=list)
+    handles: list[Any] = field(default_factory=list)
+    output_pruned: bool = False
+    _index: dict[torch.device, torch.Tensor] = field(default_factory=dict)
+
+    def index(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Kept ids as an int64 tensor on `device` (cached per device)."""
+        dev = torch.device(device)
+        if dev not in self._index:
+            self._index[dev] = torch.as_tensor(self.kept.kept_ids, dtype=torch.long, device=dev)
+        return self._index[dev]
+
+    @contextlib.contextmanager
+    def full_config(self) -> Iterator[None]:
+        """Temporarily put the config back to the full vocabulary (for saving)."""
+        for change in self.config_changes:
+            change.revert()
+        try:
+            yield
+        finally:
+            for change in self.config_changes:
+                change.apply()
+
+
+def state_owner(model: Any) -> nn.Module | None:
+    """The module carrying the pruned state: the model itself or the model inside a wrapper
+    (DDP's .module, PEFT's .base_model / .model), None if not pruned."""
+    obj = model
+    for _ in range(6):
+        if isinstance(obj, nn.Module) and STATE_ATTR in obj.__dict__:
+            return obj
+        nxt = None
+        for attr in ("module", "base_model", "model"):
+            candidate = getattr(obj, attr, None)
+            if isinstance(candidate, nn.Module) and candidate is not obj:
+                nxt = candidate
+                break
+        if nxt is None:
+            return None
+        obj = nxt
+    return None
+
+
+def get_state(model: Any) -> PrunedState | None:
+    """The pruned state of a model (or of a wrapper's inner model), None if not pruned."""
+    owner = state_owner(model)
+    return None if owner is None else owner.__dict__[STATE_ATTR]
+
+
+def is_pruned(model: Any) -> bool:
+    """True while the model holds a pruned vocabulary."""
+    return get_state(model) is not None
+
+
+# -- checkpoint hooks -------------------------------------------------------------------------
+
+
+def _state_dict_post_hook(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any
+) -> None:
+    state: PrunedState | None = module.__dict__.get(STATE_ATTR)
+    if state is None:
+        return
+    for tensor in state.tensors:
+        keys = [prefix + qualname for _, _, qualname in tensor.owners]
+        present = [k for k in keys if k in state_dict]
+        if not present:
+            continue
+        live = tensor.live()
+        full = tensor.expanded(state.index(live.device))
+        for key in present:
+            state_dict[key] = full  # one tensor for all tied keys, so savers see the tie
+
+
+def _load_state_dict_pre_hook(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+) -> None:
+    state: PrunedState | None = module.__dict__.get(STATE_ATTR)
+    if state is None:
+        return
+    for tensor in state.tensors:
+        for _, _, qualname in tensor.owners:
+            key = prefix + qualname
+            value = state_dict.get(key)
+            if isinstance(value, torch.Tensor) and value.shape[tensor.axis] == tensor.full_size:
+                index = state.index(value.device)
+                state_dict[key] = value.index_select(tensor.axis, index)
+
+
+def _register(module: nn.Module, name: str, private: str, hook: Any) -> Any:
+    """Register with the public hook API (torch >= 2.5), else its older private spelling."""
+    register = getattr(module, name, None)
+    if register is not None:
+        return register(hook)
+    if "load" in name:
+        return getattr(module, private)(hook, with_module=True)
+    return getattr(module, private)(hook)
+
+
+def _save_pretrained_full(self: nn.Module, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
+    """save_pretrained while pruned: full matrices and the full config, loadable by stock code."""
+    state: PrunedState | None = self.__dict__.get(STATE_ATTR)
+    original = type(self).save_pretrained
+    if state is None:
+        return original(self, save_directory, *args, **kwargs)
+    if kwargs.get("state_dict") is None:
+        kwargs["state_dict"] = self.state_dict()
+    with state.full_config():
+        return original(self, save_directory, *args, **kwargs)
+
+
+def attach(model: nn.Module, state: PrunedState) -> None:
+    """Attach the state and the hooks that make saves full-vocabulary."""
+    model.__dict__[STATE_ATTR] = state
+    state.handles.append(
+        _register(
+            model,
+            "register_state_dict_post_hook",
+            "_register_state_dict_hook",
+            _state_dict_post_hook,
+        )
+    )
+    state.handles.append(
+        _register(
+            model,
+            "register_load_state_dict_pre_hook",
+            "_register_load_state_dict_pre_hook",
+            _load_state_dict_pre_hook,
+        )
+    )
+    if hasattr(type(model), "save_pretrained"):
+        model.__dict__["save_pretrained"] = types.MethodType(_save_pretrained_full, model)
+
+
+def detach(model: nn.Module, state: PrunedState) -> None:
+    """Remove the hooks and the state: the model is an ordinary model again."""
+    for handle in state.handles:
+        handle.remove()
+    state.handles.clear()
+    model.__dict__.pop("save_pretrained", None)
+    model.__dict__.pop(STATE_ATTR, None)
