@@ -19,10 +19,11 @@ $(STAMP): pyproject.toml requirements-fixtures.txt
 install: $(STAMP)
 
 demo: install
-	HF_HUB_OFFLINE=1 $(VENV)/bin/vocabprune finetune --out runs/demo --max-length 128 --epochs 1
+	HF_HUB_OFFLINE=1 $(VENV)/bin/vocabprune finetune --out runs/demo --max-length 128 --epochs 1 --overwrite
 
 test: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -x -p no:cacheprovider tests
+	$(VENV)/bin/ruff check src tests benchmarks
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider tests
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from vocabprune.accounting import BYTES_PER_PARAM, budget
+from vocabprune.loading import load_config, load_tokenizer
 from vocabprune.scan import scan
 from vocabprune.vocab import KeptVocab
 
@@ -18,9 +19,9 @@ from vocabprune.vocab import KeptVocab
 def meta_model(model_path: str) -> Any:
     """The model's architecture with no weights (meta device): for counting parameters."""
     import torch
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
-    config = AutoConfig.from_pretrained(model_path)
+    config = load_config(model_path)
     with torch.device("meta"):
         return AutoModel.from_config(config)
 
@@ -35,13 +36,11 @@ def analyze(
     progress: bool | None = None,
 ) -> tuple[dict[str, Any], KeptVocab]:
     """Scan the data with the model's tokenizer; report kept ids, parameters and bytes."""
-    from transformers import AutoTokenizer
-
     from vocabprune.finetune import default_data, default_model
 
     model_path = model_path or default_model()
     sources = list(data) or default_data()
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = load_tokenizer(model_path)
     model = meta_model(model_path)
     rows = int(model.get_input_embeddings().weight.shape[0])
     result = scan(

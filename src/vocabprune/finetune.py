@@ -19,6 +19,7 @@ import numpy as np
 from vocabprune.accounting import count_params
 from vocabprune.atomic import atomic_dir
 from vocabprune.errors import ScanError, VocabPruneError
+from vocabprune.loading import load_model, load_tokenizer
 from vocabprune.sources import pick_label_column, pick_text_columns, read_table, texts_of
 
 
@@ -126,7 +127,6 @@ def run_finetune(opts: FinetuneOptions, *, log: Any = None) -> dict[str, Any]:
     import torch
     from transformers import (
         AutoModelForSequenceClassification,
-        AutoTokenizer,
         DataCollatorWithPadding,
         Trainer,
         TrainingArguments,
@@ -162,7 +162,7 @@ def run_finetune(opts: FinetuneOptions, *, log: Any = None) -> dict[str, Any]:
         f"{len(data.label_names)} labels"
     )
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = load_tokenizer(model_path)
     kwargs: dict[str, Any] = (
         {"truncation": True, "max_length": opts.max_length} if opts.max_length else {}
     )
@@ -170,7 +170,8 @@ def run_finetune(opts: FinetuneOptions, *, log: Any = None) -> dict[str, Any]:
     encodings = dict(tokenizer(*args, **kwargs))
 
     set_seed(opts.seed)  # the classifier head is initialised at load time
-    model = AutoModelForSequenceClassification.from_pretrained(
+    model = load_model(
+        AutoModelForSequenceClassification,
         model_path,
         num_labels=len(data.label_names),
         id2label=dict(enumerate(data.label_names)),
@@ -221,6 +222,7 @@ def run_finetune(opts: FinetuneOptions, *, log: Any = None) -> dict[str, Any]:
         logging_steps=opts.logging_steps,
         disable_tqdm=log is None,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
         **opts.extra_training_args,
     )
     trainer = Trainer(model=model, args=targs, train_dataset=train_set, data_collator=collator)

