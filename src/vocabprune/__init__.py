@@ -14,6 +14,7 @@ from vocabprune.errors import (
     UnsupportedModelError,
     VocabPruneError,
 )
+from vocabprune.lazy_load import load_pruned
 from vocabprune.prune import prune, pruned
 from vocabprune.remap import IdRemapper, RemapCollator, remap_dataset
 from vocabprune.restore import restore
@@ -38,6 +39,7 @@ __all__ = [
     "count_token_ids",
     "get_state",
     "is_pruned",
+    "load_pruned",
     "prune",
     "pruned",
     "remap_dataset",
