@@ -15,6 +15,7 @@ from vocabprune.errors import (
     VocabPruneError,
 )
 from vocabprune.lazy_load import load_pruned
+from vocabprune.generation import generate
 from vocabprune.prune import prune, pruned
 from vocabprune.remap import IdRemapper, RemapCollator, remap_dataset
 from vocabprune.restore import restore
@@ -37,6 +38,7 @@ __all__ = [
     "build_kept_vocab",
     "count_texts",
     "count_token_ids",
+    "generate",
     "get_state",
     "is_pruned",
     "load_pruned",

@@ -166,13 +166,25 @@ def _module_changes(
             continue
         pad = module.__dict__.get("padding_idx")
         moved = isinstance(pad, int) and pad in kept and kept.new_id(pad) != pad
-        if moved and not isinstance(pad, bool):
+        if moved and not isinstance(pad, bool) and _uses_pad_for_positions(module, pad):
             raise UnsupportedModelError(
                 f"{name or type(module).__name__} uses pad id {pad} as a position offset and "
                 f"the kept vocabulary renumbers it to {kept.new_id(pad)}; keep every id below "
                 f"{pad} (extra_ids=range({pad}))"
             )
     return changes
+
+
+def _uses_pad_for_positions(module: nn.Module, pad: int) -> bool:
+    """RoBERTa/MPNet-style embeddings (a position embedding whose padding_idx is the pad id) and
+    sinusoidal position modules count positions from the pad id. Decoder stacks (Llama, BART, ...)
+    only keep `padding_idx` to build their token embedding: their pad id may move."""
+    if "Positional" in type(module).__name__:
+        return True
+    return any(
+        isinstance(child, nn.Embedding) and child.padding_idx == pad and "position" in cname
+        for cname, child in module.named_children()
+    )
 
 
 def prune(

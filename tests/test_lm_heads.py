@@ -1,0 +1,581 @@
+"""Output heads on tiny language models of every family: prune, train, generate, restore.
+
+Families: BERT and XLM-R masked LM (decoder tied, with bias), GPT-2, tied Llama (SmolLM2-style),
+untied Llama, Gemma (scaled embedding), T5 (shared + encoder/decoder embed_tokens + lm_head),
+mT5 with an untied lm_head (as real mT5 checkpoints load), BART and mBART (final_logits_bias).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSeq2SeqLM,
+    BartConfig,
+    BertConfig,
+    GemmaConfig,
+    GPT2Config,
+    LlamaConfig,
+    MBartConfig,
+    MT5Config,
+    T5Config,
+    XLMRobertaConfig,
+)
+
+import vocabprune as vp
+from vocabprune import KeptVocab, RemapCollator, UnsupportedModelError, VocabPruneError
+from vocabprune.vocab import CONFIG_ID_ATTRS
+
+V = 300
+H = 32
+
+
+@dataclass
+class LM:
+    name: str
+    kind: str  # "causal", "seq2seq" or "mlm"
+    model: nn.Module
+    tied: bool
+    specials: tuple[int, ...]
+
+    @property
+    def text_ids(self) -> list[int]:
+        rows = self.model.get_input_embeddings().weight.shape[0]
+        return [i for i in range(rows) if i not in self.specials and i < V]
+
+
+def _llama(tied: bool) -> tuple[LlamaConfig, tuple[int, ...]]:
+    # bos/eos/pad away from 0 so that the kept numbering moves them.
+    cfg = LlamaConfig(
+        vocab_size=V,
+        hidden_size=H,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=tied,
+        bos_token_id=11,
+        eos_token_id=12,
+        pad_token_id=12,
+    )
+    return cfg, (11, 12)
+
+
+def _seq2seq_args() -> dict:
+    return dict(
+        d_model=H,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=64,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        decoder_start_token_id=2,
+        forced_eos_token_id=2,
+    )
+
+
+def _untie_mt5(model: nn.Module, seed: int) -> nn.Module:
+    """Real mT5 checkpoints hold their own lm_head; transformers then leaves it untied."""
+    torch.manual_seed(seed + 1)
+    model.lm_head.weight = nn.Parameter(torch.randn_like(model.lm_head.weight) * 0.05)
+    model.all_tied_weights_keys.pop("lm_head.weight", None)
+    model.config.scale_decoder_outputs = False
+    return model
+
+
+def build(name: str, seed: int = 0) -> LM:
+    torch.manual_seed(seed)
+    if name in ("bert-mlm", "xlm-roberta-mlm"):
+        if name == "bert-mlm":
+            cfg = BertConfig(
+                vocab_size=V,
+                hidden_size=H,
+                num_hidden_layers=1,
+                num_attention_heads=4,
+                intermediate_size=64,
+                max_position_embeddings=64,
+            )
+            specials = (0, 100, 101, 102, 103)
+        else:
+            cfg = XLMRobertaConfig(
+                vocab_size=V,
+                hidden_size=H,
+                num_hidden_layers=1,
+                num_attention_heads=4,
+                intermediate_size=64,
+                max_position_embeddings=70,
+                pad_token_id=1,
+                bos_token_id=0,
+                eos_token_id=2,
+            )
+            specials = (0, 1, 2, 3, V - 1)
+        model = AutoModelForMaskedLM.from_config(cfg)
+        return LM(name, "mlm", model.eval(), True, specials)
+    if name == "gpt2":
+        cfg = GPT2Config(
+            vocab_size=V,
+            n_embd=H,
+            n_layer=2,
+            n_head=4,
+            n_positions=128,
+            bos_token_id=V - 1,
+            eos_token_id=V - 1,
+        )
+        model = AutoModelForCausalLM.from_config(cfg)
+        return LM(name, "causal", model.eval(), True, (V - 1,))
+    if name == "gpt2-padded":
+        # Like GPT-2 with a vocabulary padded to a multiple of 64: 320 rows, 300 real ids.
+        cfg = GPT2Config(
+            vocab_size=320,
+            n_embd=H,
+            n_layer=1,
+            n_head=4,
+            n_positions=128,
+            bos_token_id=V - 1,
+            eos_token_id=V - 1,
+        )
+        model = AutoModelForCausalLM.from_config(cfg)
+        return LM(name, "causal", model.eval(), True, (V - 1,))
+    if name in ("llama", "llama-untied"):
+        cfg, specials = _llama(tied=name == "llama")
+        model = AutoModelForCausalLM.from_config(cfg)
+        return LM(name, "causal", model.eval(), name == "llama", specials)
+    if name == "gemma":
+        cfg = GemmaConfig(
+            vocab_size=V,
+            hidden_size=H,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=8,
+            max_position_embeddings=128,
+            bos_token_id=2,
+            eos_token_id=1,
+            pad_token_id=0,
+        )
+        model = AutoModelForCausalLM.from_config(cfg)
+        return LM(name, "causal", model.eval(), True, (0, 1, 2))
+    if name in ("t5", "mt5-untied"):
+        common = dict(
+            vocab_size=V,
+            d_model=H,
+            d_kv=8,
+            d_ff=64,
+            num_layers=1,
+            num_heads=4,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+        )
+        if name == "t5":
+            model = AutoModelForSeq2SeqLM.from_config(T5Config(**common))
+        else:
+            cfg = MT5Config(**common, feed_forward_proj="gated-gelu")
+            model = _untie_mt5(AutoModelForSeq2SeqLM.from_config(cfg), seed)
+        return LM(name, "seq2seq", model.eval(), name == "t5", (0, 1, 2))
+    if name in ("bart", "mbart"):
+        cfg_cls = BartConfig if name == "bart" else MBartConfig
+        model = AutoModelForSeq2SeqLM.from_config(cfg_cls(vocab_size=V, **_seq2seq_args()))
+        # A non-zero final_logits_bias, so that pruning it wrongly shows.
+        model.final_logits_bias.normal_(0, 0.5)
+        return LM(name, "seq2seq", model.eval(), True, (0, 1, 2, 3))
+    raise KeyError(name)
+
+
+FAMILIES = [
+    "bert-mlm",
+    "xlm-roberta-mlm",
+    "gpt2",
+    "gpt2-padded",
+    "llama",
+    "llama-untied",
+    "gemma",
+    "t5",
+    "mt5-untied",
+    "bart",
+    "mbart",
+]
+GENERATIVE = [f for f in FAMILIES if not f.endswith("-mlm")]
+UNTIED = ["llama-untied", "mt5-untied"]
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def random_kept(lm: LM, seed: int, frac: float = 0.35) -> KeptVocab:
+    rng = np.random.default_rng(seed)
+    rows = lm.model.get_input_embeddings().weight.shape[0]
+    chosen = rng.choice(lm.text_ids, size=int(len(lm.text_ids) * frac), replace=False)
+    counts = np.zeros(rows, dtype=np.int64)
+    counts[chosen] = 1
+    # Drop a low id so that the specials above it renumber.
+    counts[5] = 0
+    return KeptVocab.from_counts(counts, model=lm.model, extra_ids=lm.specials)
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    out = {n: t.detach().clone() for n, t in model.named_parameters(remove_duplicate=False)}
+    out.update(
+        {"buffer:" + n: t.detach().clone() for n, t in model.named_buffers(remove_duplicate=False)}
+    )
+    return out
+
+
+def sharing(model: nn.Module) -> list[list[str]]:
+    groups: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    return sorted(sorted(g) for g in groups.values())
+
+
+def vocab_tensor_names(model: nn.Module, rows: int) -> list[str]:
+    names = [n for n, p in model.named_parameters(remove_duplicate=False) if p.shape[0] == rows]
+    names += [
+        "buffer:" + n
+        for n, b in model.named_buffers(remove_duplicate=False)
+        if b.ndim and b.shape[-1] == rows and "logits_bias" in n
+    ]
+    return names
+
+
+def vocab_rows(t: torch.Tensor, name: str) -> torch.Tensor:
+    """The tensor with the vocabulary on axis 0."""
+    return t.reshape(-1) if name.startswith("buffer:") else t
+
+
+def batch_for(lm: LM, kept: KeptVocab, seed: int, n: int = 3) -> dict[str, torch.Tensor]:
+    """A batch in ORIGINAL ids (kept text ids only), with labels for the family's objective."""
+    rng = np.random.default_rng(seed)
+    text = np.asarray([i for i in lm.text_ids if i in kept])
+    ids = torch.as_tensor(rng.choice(text, size=(n, 9)))
+    if lm.kind == "mlm":
+        labels = torch.full_like(ids, -100)
+        masked = ids.clone()
+        labels[:, 2::3] = ids[:, 2::3]
+        masked[:, 2::3] = lm.specials[-1] if lm.name == "xlm-roberta-mlm" else 103
+        return {"input_ids": masked, "labels": labels}
+    if lm.kind == "causal":
+        labels = ids.clone()
+        labels[0, :3] = -100
+        return {"input_ids": ids, "labels": labels}
+    target = torch.as_tensor(rng.choice(text, size=(n, 6)))
+    target[0, -1] = -100
+    return {"input_ids": ids, "labels": target}
+
+
+def remap_batch(batch: dict, kept: KeptVocab, labels: bool = True) -> dict:
+    collate = RemapCollator(lambda feats: dict(feats[0]), kept, remap_labels=labels)
+    return collate([batch])
+
+
+# -- prune then restore, untouched: bitwise identity --------------------------------------------
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_prune_restore_identity(name):
+    lm = build(name)
+    model = lm.model
+    before, ties = snapshot(model), sharing(model)
+    config = model.config.to_dict()
+    gen = model.generation_config.to_dict() if lm.kind != "mlm" else None
+    rows = model.get_input_embeddings().weight.shape[0]
+    kept = random_kept(lm, 1)
+
+    vp.prune(model, kept)
+    assert model.get_input_embeddings().weight.shape[0] == kept.size
+    out = model.get_output_embeddings()
+    assert out.weight.shape[0] == kept.size
+    assert out.out_features == kept.size
+    assert (out.weight is model.get_input_embeddings().weight) == lm.tied
+    if getattr(out, "bias", None) is not None:
+        assert out.bias.shape == (kept.size,)
+    if hasattr(model, "final_logits_bias"):
+        assert model.final_logits_bias.shape == (1, kept.size)
+    assert model.config.vocab_size == kept.size
+    moved = 0
+    for cfg in (model.config, getattr(model, "generation_config", None)):
+        for attr in CONFIG_ID_ATTRS:
+            value = getattr(cfg, attr, None) if cfg is not None else None
+            orig = (config if cfg is model.config else gen or {}).get(attr)
+            if isinstance(orig, int) and orig >= 0:
+                assert value == kept.new_id(orig), attr
+                moved += value != orig
+    if lm.kind != "mlm" and max(lm.specials) > 5:
+        assert moved, "no config id was renumbered: the test would not see a missing remap"
+    # Every vocabulary tensor under every name is the kept rows of the original.
+    index = torch.as_tensor(kept.kept_ids)
+    pruned = snapshot(model)
+    for key in vocab_tensor_names(copy.deepcopy(model), kept.size):
+        want = before[key].index_select(before[key].ndim - 1 if "buffer:" in key else 0, index)
+        assert torch.equal(pruned[key], want), key
+
+    vp.restore(model)
+    after = snapshot(model)
+    assert sorted(after) == sorted(before)
+    for key, want in before.items():
+        assert after[key].shape == want.shape and torch.equal(after[key], want), key
+    assert sharing(model) == ties
+    assert model.config.to_dict() == config
+    if gen is not None:
+        assert model.generation_config.to_dict() == gen
+    assert model.get_input_embeddings().weight.shape[0] == rows
+    assert model.get_output_embeddings().out_features == rows
+
+
+# -- while pruned: the logits are the kept columns of the full logits --------------------------
+
+
+def full_and_pruned_logits(lm: LM, kept: KeptVocab, batch: dict) -> tuple:
+    model = lm.model
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if lm.kind == "seq2seq":
+        inputs["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(
+            labels=batch["labels"]
+        )
+    with torch.no_grad():
+        full = model(**inputs).logits
+    vp.prune(model, kept)
+    with torch.no_grad():
+        small = model(**remap_batch(inputs, kept)).logits
+    return full, small
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_pruned_logits_are_kept_columns(name):
+    lm = build(name, seed=2)
+    kept = random_kept(lm, 3)
+    full, small = full_and_pruned_logits(lm, kept, batch_for(lm, kept, 4))
+    assert small.shape[-1] == kept.size
+    torch.testing.assert_close(small, full[..., kept.kept_ids], rtol=1e-5, atol=1e-5)
+    if name == "gemma":  # the sqrt(hidden) scaling of the embedding is preserved
+        emb = lm.model.get_input_embeddings()
+        assert float(emb.embed_scale) == pytest.approx(H**0.5)
+    vp.restore(lm.model)
+
+
+# -- training: labels remapped, dropped rows untouched, ties held -------------------------------
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_training_touches_only_kept_rows(name):
+    lm = build(name, seed=5)
+    model = lm.model
+    before, ties = snapshot(model), sharing(model)
+    rows = model.get_input_embeddings().weight.shape[0]
+    kept = random_kept(lm, 6)
+    batch = batch_for(lm, kept, 7)
+    assert (batch["labels"] == -100).any()
+
+    # The reference loss: the full model's logits restricted to the kept columns, in kept ids.
+    labels_new = remap_batch(batch, kept)["labels"]
+    assert torch.equal(labels_new == -100, batch["labels"] == -100)
+    assert not torch.equal(labels_new, batch["labels"])
+    full, _ = full_and_pruned_logits(lm, kept, batch)
+    restricted = full[..., kept.kept_ids]
+    if lm.kind == "causal":
+        ref = F.cross_entropy(
+            restricted[:, :-1].reshape(-1, kept.size), labels_new[:, 1:].reshape(-1)
+        )
+    else:
+        ref = F.cross_entropy(restricted.reshape(-1, kept.size), labels_new.reshape(-1))
+
+    with torch.no_grad():  # the model's own loss on remapped labels is the restricted loss
+        loss = model(**remap_batch(batch, kept)).loss
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
+
+    model.train()
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    for _ in range(3):
+        loss = model(**remap_batch(batch, kept)).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    vp.restore(model)
+
+    after = snapshot(model)
+    assert sharing(model) == ties
+    dropped = torch.ones(rows, dtype=torch.bool)
+    dropped[torch.as_tensor(kept.kept_ids)] = False
+    kept_mask = ~dropped
+    names = vocab_tensor_names(model, rows)
+    assert names
+    changed_kept = False
+    for key in names:
+        a, b = vocab_rows(after[key], key), vocab_rows(before[key], key)
+        assert torch.equal(a[dropped], b[dropped]), f"{key}: a dropped row moved"
+        changed_kept |= not torch.equal(a[kept_mask], b[kept_mask])
+    assert changed_kept, "no kept row was trained"
+    others = [k for k in before if k not in names and not k.startswith("buffer:")]
+    assert any(not torch.equal(after[k], before[k]) for k in others)
+    if lm.tied:
+        assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
+# -- generation: original ids in and out ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", GENERATIVE)
+def test_generate_returns_original_ids(name):
+    lm = build(name, seed=8)
+    model = lm.model
+    kept = random_kept(lm, 9)
+    prompt = batch_for(lm, kept, 10, n=2)["input_ids"]
+    rows = model.get_input_embeddings().weight.shape[0]
+    eos = model.generation_config.eos_token_id
+    args = dict(
+        max_new_tokens=6,
+        do_sample=False,
+        pad_token_id=eos,
+        min_new_tokens=6,
+        attention_mask=torch.ones_like(prompt),
+    )
+    # Reference: the full model with every id outside the kept vocabulary suppressed.
+    banned = [i for i in range(rows) if i not in kept]
+    with torch.no_grad():
+        want = model.generate(input_ids=prompt, suppress_tokens=banned, **args)
+        unrestricted = model.generate(input_ids=prompt, **args)
+    assert unrestricted.shape == want.shape
+
+    vp.prune(model, kept)
+    with torch.no_grad():
+        got = vp.generate(model, prompt, **args)
+    assert torch.equal(got, want)
+    assert all(int(i) in kept for i in got.flatten())
+    # A dict output: sequences in original ids, scores over the kept columns.
+    with torch.no_grad():
+        out = vp.generate(model, prompt, return_dict_in_generate=True, output_scores=True, **args)
+    assert torch.equal(out.sequences, want)
+    assert out.scores[0].shape[-1] == kept.size
+    # Without the helper, generate() works in kept ids (the config ids follow the map).
+    with torch.no_grad():
+        raw = model.generate(
+            input_ids=remap_batch({"input_ids": prompt}, kept)["input_ids"],
+            **{**args, "pad_token_id": kept.new_id(eos)},
+        )
+    assert torch.equal(torch.as_tensor(kept.kept_ids)[raw], want)
+    vp.restore(model)
+    with torch.no_grad():
+        assert torch.equal(vp.generate(model, prompt, **args), unrestricted)
+
+
+def test_generate_refuses_ids_outside_the_kept_vocabulary():
+    lm = build("llama")
+    kept = random_kept(lm, 1)
+    vp.prune(lm.model, kept)
+    outside = next(i for i in lm.text_ids if i not in kept)
+    with pytest.raises(VocabPruneError, match="not in the kept vocabulary"):
+        vp.generate(lm.model, torch.tensor([[outside]]), max_new_tokens=2)
+    with pytest.raises(VocabPruneError, match="eos_token_id"):
+        vp.generate(lm.model, torch.tensor([[11]]), max_new_tokens=2, eos_token_id=outside)
+    vp.restore(lm.model)
+
+
+# -- inputs-only pruning: output="keep" ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", UNTIED)
+def test_inputs_only_keeps_the_full_softmax(name):
+    lm = build(name, seed=11)
+    model = lm.model
+    rows = model.get_input_embeddings().weight.shape[0]
+    before = snapshot(model)
+    kept = random_kept(lm, 12)
+    batch = batch_for(lm, kept, 13)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if lm.kind == "seq2seq":
+        inputs["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(
+            labels=batch["labels"]
+        )
+    with torch.no_grad():
+        full = model(**inputs, labels=batch["labels"])
+
+    vp.prune(model, kept, output="keep")
+    head = model.get_output_embeddings()
+    assert head.weight.shape[0] == rows
+    assert model.config.vocab_size == rows  # the loss reshapes logits by config.vocab_size
+    # Inputs remapped, labels NOT remapped: the head is full.
+    remapped = {
+        **remap_batch(inputs, kept),
+        "labels": batch["labels"],
+    }
+    assert torch.equal(
+        RemapCollator(lambda f: dict(f[0]), kept)([batch])["labels"], batch["labels"]
+    )
+    with torch.no_grad():
+        small = model(**remapped)
+    assert small.logits.shape[-1] == rows
+    torch.testing.assert_close(small.logits, full.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(small.loss, full.loss, rtol=1e-5, atol=1e-6)
+    with pytest.raises(VocabPruneError, match="output='keep'"):
+        vp.generate(model, batch["input_ids"], max_new_tokens=2)
+    # Training moves the whole head and only the kept input rows.
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model(**remapped).loss.backward()
+    opt.step()
+    vp.restore(model)
+    after = snapshot(model)
+    head_name = "lm_head.weight"
+    dropped = [i for i in range(rows) if i not in kept]
+    assert not torch.equal(after[head_name][dropped], before[head_name][dropped])
+    emb_name = next(n for n in before if n.endswith("embed_tokens.weight") or n == "shared.weight")
+    assert torch.equal(after[emb_name][dropped], before[emb_name][dropped])
+
+
+def test_inputs_only_refuses_a_tied_head():
+    lm = build("llama")
+    before = snapshot(lm.model)
+    with pytest.raises(UnsupportedModelError, match="ties its output head"):
+        vp.prune(lm.model, random_kept(lm, 1), output="keep")
+    assert not vp.is_pruned(lm.model)
+    assert all(torch.equal(v, before[k]) for k, v in snapshot(lm.model).items())
+
+
+# -- bad heads -------------------------------------------------------------------------------------
+
+
+class FactorizedHead(nn.Module):
+    """Not a plain linear layer over the vocabulary (an adaptive-softmax-like head)."""
+
+    def __init__(self, hidden: int, vocab: int) -> None:
+        super().__init__()
+        self.down = nn.Linear(hidden, 8, bias=False)
+        self.weight = nn.Parameter(torch.randn(vocab, 8))
+
+    def forward(self, x):
+        return self.down(x) @ self.weight.T
+
+
+@pytest.mark.parametrize("name", ["llama-untied", "gpt2"])
+def test_bad_heads_are_refused(name):
+    lm = build(name)
+    model = lm.model
+    kept = random_kept(lm, 1)
+    model.set_output_embeddings(FactorizedHead(H, V))
+    before = snapshot(model)
+    with pytest.raises(UnsupportedModelError, match="not a plain linear layer"):
+        vp.prune(model, kept)
+    assert not vp.is_pruned(model)
+    assert all(torch.equal(before[k], v) for k, v in snapshot(model).items())
+    # A linear head whose rows differ from the input embedding's (say a padded head).
+    model.set_output_embeddings(nn.Linear(H, V + 4, bias=False))
+    before = snapshot(model)
+    with pytest.raises(UnsupportedModelError, match="304 rows but the input embedding has 300"):
+        vp.prune(model, kept)
+    assert not vp.is_pruned(model)
+    assert all(torch.equal(before[k], v) for k, v in snapshot(model).items())
