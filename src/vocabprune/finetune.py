@@ -44,6 +44,9 @@ class FinetuneOptions:
     overwrite: bool = False
     limit: int | None = None
     logging_steps: int = 50
+    save_steps: int | None = None  # write a Trainer checkpoint every N steps
+    checkpoint_dir: str | None = None  # default: OUT.checkpoints beside OUT
+    resume: str | None = None  # a checkpoint folder, or "auto" (the latest in checkpoint_dir)
     extra_training_args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -133,13 +136,18 @@ def run_finetune(opts: FinetuneOptions, *, log: Any = None) -> dict[str, Any]:
         set_seed,
     )
 
+    from vocabprune import distributed as vpdist
     from vocabprune.prune import prune
     from vocabprune.remap import RemapCollator
     from vocabprune.restore import restore
     from vocabprune.scan import count_token_ids
+    from vocabprune.state import get_state
+    from vocabprune.trainer import VocabPruneCallback, check_resume
     from vocabprune.vocab import KeptVocab
 
-    say = log or (lambda msg: None)
+    vpdist.init_from_env()  # under torchrun: the process group Trainer will use
+    is_main = vpdist.rank() == 0
+    say = (log if is_main else None) or (lambda msg: None)
     out = Path(opts.out)
     if out.exists() and not opts.overwrite:
         raise VocabPruneError(f"output folder already exists: {out} (use --overwrite)")
@@ -183,12 +191,16 @@ def run_finetune(opts: FinetuneOptions, *, log: Any = None) -> dict[str, Any]:
     # Every id the run will see: the training and evaluation inputs, as tokenized.
     seen = [encodings["input_ids"][int(r)] for r in order]
     counts = count_token_ids(seen, vocab_size, source="training data")
+    # Every rank prunes to one vocabulary: counts combined (max: each rank read all the data),
+    # then the kept digests compared; a rank that differs fails on every rank.
+    counts = vpdist.agree_counts(counts, op="max")
     kept = KeptVocab.from_counts(
         counts,
         tokenizer=tokenizer,
         model=model,
         meta={"max_length": opts.max_length, "examples": len(order)},
     )
+    rank_digests = vpdist.check_same_kept(kept)
     collator: Any = DataCollatorWithPadding(tokenizer)
     t0 = time.perf_counter()
     if opts.prune:
@@ -204,9 +216,19 @@ def run_finetune(opts: FinetuneOptions, *, log: Any = None) -> dict[str, Any]:
 
     train_set = _Examples(encodings, data.labels, train_rows)
     eval_set = _Examples(encodings, data.labels, eval_rows)
-    scratch = tempfile.mkdtemp(
-        prefix=".vocabprune-trainer-", dir=out.parent if out.parent.exists() else None
-    )
+    checkpoint_dir = None
+    if opts.save_steps or opts.resume:
+        checkpoint_dir = Path(opts.checkpoint_dir or out.with_name(out.name + ".checkpoints"))
+        scratch = str(checkpoint_dir)
+    else:  # one scratch folder for all ranks (Trainer writes per-rank files into it)
+        scratch = vpdist.broadcast_object(
+            tempfile.mkdtemp(
+                prefix=".vocabprune-trainer-", dir=out.parent if out.parent.exists() else None
+            )
+            if is_main
+            else None
+        )
+    resume = _resume_checkpoint(opts.resume, checkpoint_dir)
     targs = TrainingArguments(
         output_dir=scratch,
         per_device_train_batch_size=opts.batch_size,
@@ -216,7 +238,8 @@ def run_finetune(opts: FinetuneOptions, *, log: Any = None) -> dict[str, Any]:
         learning_rate=opts.lr,
         weight_decay=opts.weight_decay,
         seed=opts.seed,
-        save_strategy="no",
+        save_strategy="steps" if opts.save_steps else "no",
+        save_steps=opts.save_steps or 500,
         eval_strategy="no",
         report_to="none",
         logging_steps=opts.logging_steps,
@@ -225,9 +248,18 @@ def run_finetune(opts: FinetuneOptions, *, log: Any = None) -> dict[str, Any]:
         dataloader_pin_memory=torch.cuda.is_available(),
         **opts.extra_training_args,
     )
-    trainer = Trainer(model=model, args=targs, train_dataset=train_set, data_collator=collator)
+    trainer = Trainer(
+        model=model,
+        args=targs,
+        train_dataset=train_set,
+        data_collator=collator,
+        callbacks=[VocabPruneCallback()],  # exact weight decay; vocabprune.json in checkpoints
+    )
+    if resume is not None:
+        check_resume(model, resume)  # refuses another model / kept vocabulary
+        say(f"resuming from {resume}")
     t0 = time.perf_counter()
-    train_output = trainer.train()
+    train_output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     train_seconds = time.perf_counter() - t0
 
     predictions: list[int] = []
@@ -240,11 +272,15 @@ def run_finetune(opts: FinetuneOptions, *, log: Any = None) -> dict[str, Any]:
         eval_loss = float(pred.metrics.get("test_loss", float("nan")))
 
     t0 = time.perf_counter()
+    decay_factor = None
     if opts.prune:
-        restore(model)
+        decay_factor = dict(get_state(model).dropped_scale) or None  # type: ignore[union-attr]
+        restore(model)  # once per rank; dropped rows get the tracked weight-decay factor
     restore_seconds = time.perf_counter() - t0
     del trainer
-    _rmtree(scratch)
+    vpdist.barrier()
+    if checkpoint_dir is None and is_main:
+        _rmtree(scratch)
 
     report = {
         "model": model_path,
@@ -264,18 +300,44 @@ def run_finetune(opts: FinetuneOptions, *, log: Any = None) -> dict[str, Any]:
         "prepare_seconds": round(prepare_seconds, 4),
         "restore_seconds": round(restore_seconds, 4),
         "device": str(next(model.parameters()).device),
+        "world_size": vpdist.world_size(),
+        "rank": vpdist.rank(),
+        "kept_digest": rank_digests[0],
+        "rank_kept_digests": rank_digests,
+        "dropped_decay_factor": decay_factor,
+        "resumed_from": str(resume) if resume else None,
+        "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None,
         "torch": torch.__version__,
         "out": str(out),
     }
-    with atomic_dir(out, overwrite=opts.overwrite) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        kept.save(tmp / "kept_vocab.json")
-        import json
+    if is_main:  # the full model is written once
+        with atomic_dir(out, overwrite=opts.overwrite) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            kept.save(tmp / "kept_vocab.json")
+            import json
 
-        (tmp / "vocabprune_run.json").write_text(json.dumps(report, indent=2))
+            (tmp / "vocabprune_run.json").write_text(json.dumps(report, indent=2))
+    vpdist.barrier()
     report["eval_predictions"] = predictions
     return report
+
+
+def _resume_checkpoint(resume: str | None, checkpoint_dir: Path | None) -> Path | None:
+    """The checkpoint to resume from: a folder, or "auto" = the latest in checkpoint_dir."""
+    if not resume:
+        return None
+    if resume == "auto":
+        from transformers.trainer_utils import get_last_checkpoint
+
+        if checkpoint_dir is None or not checkpoint_dir.is_dir():
+            return None
+        last = get_last_checkpoint(str(checkpoint_dir))
+        return Path(last) if last else None
+    path = Path(resume)
+    if not path.is_dir():
+        raise VocabPruneError(f"checkpoint to resume from not found: {path}")
+    return path
 
 
 def _rmtree(path: str) -> None:

@@ -14,7 +14,11 @@ from vocabprune.state import detach, get_state, state_owner
 
 
 def restore(model: nn.Module, *, dropped_scale: float | None = None) -> nn.Module:
-    """Put the full-vocabulary tensors back (trained rows included) and undo every change."""
+    """Put the full-vocabulary tensors back (trained rows included) and undo every change.
+
+    The dropped rows are multiplied by `dropped_scale` when given, else by the factor a
+    `vocabprune.track_weight_decay` tracker (or the Trainer callback) recorded for each tensor.
+    """
     state = get_state(model)
     if state is None:
         raise VocabPruneError("model is not pruned: nothing to restore")
@@ -23,7 +27,8 @@ def restore(model: nn.Module, *, dropped_scale: float | None = None) -> nn.Modul
     expanded = []
     for tensor in state.tensors:
         live = tensor.live()
-        full = tensor.expanded(state.index(live.device), scale=dropped_scale)
+        scale = state.dropped_scale.get(tensor.name) if dropped_scale is None else dropped_scale
+        full = tensor.expanded(state.index(live.device), scale=scale)
         expanded.append((tensor, full, live.requires_grad))
     # Every read succeeded: only now change the model.
     for tensor, full, requires_grad in expanded:
@@ -31,5 +36,7 @@ def restore(model: nn.Module, *, dropped_scale: float | None = None) -> nn.Modul
         tensor.store.close()
     for change in state.module_changes + state.config_changes:
         change.revert()
+    for extra in state.extras.values():  # e.g. a weight-decay tracker's optimizer hooks
+        getattr(extra, "detach", lambda: None)()
     detach(owner, state)
     return model

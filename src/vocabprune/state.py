@@ -84,6 +84,10 @@ class PrunedState:
     config_changes: list[AttrChange] = field(default_factory=list)
     handles: list[Any] = field(default_factory=list)
     output_pruned: bool = False
+    # Per pruned tensor (by name): the factor the dropped rows get at restore and in saves taken
+    # while pruned (decoupled weight decay tracked by vocabprune.decay); 1 when absent.
+    dropped_scale: dict[str, float] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)  # e.g. the attached DecayTracker
     _index: dict[torch.device, torch.Tensor] = field(default_factory=dict)
 
     def index(self, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -150,7 +154,7 @@ def _state_dict_post_hook(
         if not present:
             continue
         live = tensor.live()
-        full = tensor.expanded(state.index(live.device))
+        full = tensor.expanded(state.index(live.device), scale=state.dropped_scale.get(tensor.name))
         for key in present:
             state_dict[key] = full  # one tensor for all tied keys, so savers see the tie
 
