@@ -1,4 +1,4 @@
-"""Exact weight decay: pruned fine-tuning + restore equals full fine-tuning with weight decay > 0."""
+"""Exact weight decay: pruned fine-tuning + restore equals full fine-tuning with decay > 0."""
 
 from __future__ import annotations
 
