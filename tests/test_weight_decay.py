@@ -8,11 +8,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from minilm_runs import weight_decay_runs
 from safetensors.torch import load_file
 from transformers import BertConfig, BertForSequenceClassification
 
 import vocabprune as vp
-from vocabprune.cli import main
 from vocabprune.decay import InexactDecayWarning, track_weight_decay
 
 WORD_KEY = "bert.embeddings.word_embeddings.weight"
@@ -146,26 +146,20 @@ def test_inexact_optimizers_warn():
     vp.restore(model)
 
 
-def test_cli_weight_decay_pruned_equals_full(tmp_path, bbc_dir, minilm_dir, capsys):
+def test_cli_weight_decay_pruned_equals_full(bbc_dir, minilm_dir):
     """`vocabprune finetune --weight-decay 0.1`, pruned vs --no-prune, on MiniLM + BBC News."""
-    outs = {}
-    for flag in ("prune", "no-prune"):
-        out = tmp_path / flag
-        argv = ["finetune", "--data", str(bbc_dir), "--out", str(out), "--weight-decay", "0.1"]
-        argv += ["--lr", "1e-3", "--max-steps", "4", "--batch-size", "8", "--limit", "48"]
-        argv += ["--max-length", "32", "--eval-fraction", "0", "--seed", "3", "--json"]
-        assert main(argv + (["--no-prune"] if flag == "no-prune" else [])) == 0
-        outs[flag] = json.loads(capsys.readouterr().out)
-    report = outs["prune"]
+    runs = weight_decay_runs(str(bbc_dir))
+    report = json.loads((runs / "a.json").read_text())
+    assert report["pruned"] and not json.loads((runs / "full.json").read_text())["pruned"]
     expected = np.prod([1 - 1e-3 * (1 - t / 4) * 0.1 for t in range(4)])  # linear schedule
     assert report["dropped_decay_factor"][WORD_KEY] == pytest.approx(expected, rel=1e-9)
-    pruned = load_file(tmp_path / "prune" / "model.safetensors")
-    full = load_file(tmp_path / "no-prune" / "model.safetensors")
+    pruned = load_file(runs / "a" / "model.safetensors")
+    full = load_file(runs / "full" / "model.safetensors")
     assert pruned.keys() == full.keys()
     diff = max((pruned[k] - full[k]).abs().max().item() for k in full)
     assert diff <= 1e-5
     # Weight decay moved the rows the pruned run never held by more than the tolerance.
     original = load_file(minilm_dir / "model.safetensors")["embeddings.word_embeddings.weight"]
-    kept = vp.KeptVocab.load(tmp_path / "prune")
+    kept = vp.KeptVocab.load(runs / "a")
     dropped = np.setdiff1d(np.arange(30522), kept.kept_ids)
     assert (full[WORD_KEY][dropped] - original[dropped]).abs().max() > 1e-5

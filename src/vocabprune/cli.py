@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(ft)
     ft.set_defaults(max_length=128)
     ft.add_argument("--label-column", help="label column (default: guessed; folders: sub-folder)")
+    ft.add_argument(
+        "--task",
+        choices=("classification", "masked-lm", "causal-lm"),
+        default="classification",
+        help="objective (default: classification); causal-lm defaults to the packaged SmolLM2",
+    )
     ft.add_argument("--out", required=True, help="folder for the restored full model")
     ft.add_argument(
         "--max-steps", type=int, default=-1, help="stop after N steps (overrides epochs)"
@@ -69,7 +75,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="fine-tune the full model (the baseline)",
     )
     ft.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    ft.add_argument("--save-steps", type=int, help="write a Trainer checkpoint every N steps")
+    ft.add_argument(
+        "--checkpoint-dir", help="folder for checkpoints (default: OUT.checkpoints beside OUT)"
+    )
+    ft.add_argument(
+        "--resume",
+        metavar="CHECKPOINT|auto",
+        help="resume from a checkpoint folder, or 'auto': the latest in the checkpoint folder",
+    )
     ft.add_argument("--json", action="store_true", help="print one JSON object")
+    pr = sub.add_parser("prune", help="write a compact inference model with only the kept rows")
+    _add_data_args(pr)
+    pr.add_argument("--out", required=True, help="folder for the compact model")
+    pr.add_argument(
+        "--standalone",
+        action="store_true",
+        help="rewrite the tokenizer to the kept vocabulary: loads without vocabprune",
+    )
+    pr.add_argument("--min-count", type=int, default=1, help="keep ids seen at least N times")
+    pr.add_argument("--target-size", type=int, help="keep at most N ids, most frequent first")
+    pr.add_argument(
+        "--unknown",
+        choices=("error", "unk", "grow"),
+        help="at inference, ids the data never had: error (default), unk, grow from the "
+        "original checkpoint",
+    )
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    pr.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -122,6 +155,10 @@ def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
         prune=args.prune,
         overwrite=args.overwrite,
         limit=args.limit,
+        save_steps=args.save_steps,
+        checkpoint_dir=args.checkpoint_dir,
+        resume=args.resume,
+        task=args.task,
     )
     log = None if args.json else (lambda msg: print(f"vocabprune: {msg}", file=sys.stderr))
     # Trainer prints its logs on stdout: keep stdout for the one JSON object.
@@ -135,14 +172,47 @@ def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
             f"{report['kept_tokens']:,}/{report['vocab_size']:,} ids, "
             f"{report['trainable_params']:,} trainable parameters "
             f"(full {report['full_trainable_params']:,}), {report['steps']} steps in "
-            f"{report['train_seconds']:.1f} s, eval accuracy "
-            f"{'n/a' if acc is None else f'{acc:.3f}'}; restored full model written to "
+            f"{report['train_seconds']:.1f} s, "
+            + (
+                f"held-out perplexity (restored model) {report['eval_perplexity']:.3f}; "
+                if report.get("eval_perplexity") is not None
+                else f"eval accuracy {'n/a' if acc is None else f'{acc:.3f}'}; "
+            )
+            + "restored full model written to "
             f"{report['out']}"
         )
     return report
 
 
-COMMANDS = {"analyze": cmd_analyze, "finetune": cmd_finetune}
+def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
+    from vocabprune.export import PruneOptions, run_prune
+
+    opts = PruneOptions(
+        out=args.out,
+        model=args.model,
+        data=args.data,
+        text_column=args.text_column,
+        max_length=args.max_length,
+        standalone=args.standalone,
+        min_count=args.min_count,
+        target_size=args.target_size,
+        unknown=args.unknown,
+        overwrite=args.overwrite,
+    )
+    log = None if args.json else (lambda msg: print(f"vocabprune: {msg}", file=sys.stderr))
+    report = run_prune(opts, log=log)
+    if not args.json:
+        print(
+            f"{'standalone' if report['standalone'] else 'compact'} model written to "
+            f"{report['out']}: kept {report['kept_tokens']:,}/{report['vocab_size']:,} ids, "
+            f"weights {report['export_weights_bytes'] / 2**20:,.1f} MiB (full "
+            f"{report['source_weights_bytes'] / 2**20:,.1f} MiB); "
+            f"{report['changed_tokens']:,} corpus tokens changed"
+        )
+    return report
+
+
+COMMANDS = {"analyze": cmd_analyze, "finetune": cmd_finetune, "prune": cmd_prune}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -159,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vocabprune: interrupted", file=sys.stderr)
         return 130
-    if getattr(args, "json", False):
+    if getattr(args, "json", False) and report.get("rank", 0) == 0:  # torchrun: rank 0 prints
         print(json.dumps(report, indent=2, default=str))
     return 0
 
