@@ -47,6 +47,7 @@ class FinetuneOptions:
     save_steps: int | None = None  # write a Trainer checkpoint every N steps
     checkpoint_dir: str | None = None  # default: OUT.checkpoints beside OUT
     resume: str | None = None  # a checkpoint folder, or "auto" (the latest in checkpoint_dir)
+    task: str = "classification"  # or "causal-lm" / "masked-lm" (vocabprune.lm)
     extra_training_args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -127,6 +128,10 @@ class _Examples:
 
 def run_finetune(opts: FinetuneOptions, *, log: Any = None) -> dict[str, Any]:
     """Run the job; returns the report (also written to OUT/vocabprune_run.json)."""
+    if opts.task != "classification":
+        from vocabprune.lm import run_lm_finetune
+
+        return run_lm_finetune(opts, log=log)
     import torch
     from transformers import (
         AutoModelForSequenceClassification,
