@@ -45,9 +45,10 @@ def init_from_env() -> bool:
     """Under torchrun (WORLD_SIZE > 1), initialise the process group the way HF Trainer will
     (accelerate's PartialState: gloo on CPU, nccl on CUDA). Returns whether distributed."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _dist().is_initialized():
+        import torch
         from accelerate import PartialState
 
-        PartialState()
+        PartialState(cpu=not torch.cuda.is_available())  # CPU: gloo (MULTI_CPU)
     return is_distributed()
 
 
@@ -81,7 +82,9 @@ def kept_digest(kept: KeptVocab) -> str:
     """Hash of what makes two kept vocabularies interchangeable: ids, vocabulary, tokenizer."""
     digest = hashlib.sha256()
     digest.update(np.asarray(kept.kept_ids, dtype="<i8").tobytes())
-    digest.update(f"|{kept.vocab_size}|{kept.tokenizer_fingerprint}|{kept.embedding_shape}".encode())
+    digest.update(
+        f"|{kept.vocab_size}|{kept.tokenizer_fingerprint}|{kept.embedding_shape}".encode()
+    )
     return digest.hexdigest()[:16]
 
 

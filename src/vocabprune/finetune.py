@@ -251,6 +251,8 @@ def run_finetune(opts: FinetuneOptions, *, log: Any = None) -> dict[str, Any]:
         disable_tqdm=log is None,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # torchrun on CPU: Trainer runs DDP over gloo only when told the run is CPU-only.
+        **({"use_cpu": True} if vpdist.is_distributed() and not torch.cuda.is_available() else {}),
         **opts.extra_training_args,
     )
     trainer = Trainer(
