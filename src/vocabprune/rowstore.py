@@ -117,11 +117,18 @@ def _candidate_keys(qualname: str, prefix: str | None) -> list[str]:
     return keys
 
 
-def _sample_rows(n: int, count: int = 8) -> list[int]:
-    if n <= count:
-        return list(range(n))
-    step = (n - 1) / (count - 1)
-    return sorted({round(i * step) for i in range(count)})
+def _equal_to_stored(tensor: torch.Tensor, sl: object, chunk_elements: int = 1 << 24) -> bool:
+    """Every row of `tensor` bitwise equal to the checkpoint slice (read in chunks of rows)."""
+    live = tensor.detach()
+    n = live.shape[0]
+    per_row = max(1, live[0].numel()) if n else 1
+    step = max(1, chunk_elements // per_row)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        stored = sl[start:stop].to(tensor.dtype)  # type: ignore[index]
+        if not torch.equal(live[start:stop].cpu(), stored):
+            return False
+    return True
 
 
 def find_checkpoint_rows(
@@ -132,8 +139,9 @@ def find_checkpoint_rows(
 ) -> CheckpointRows | None:
     """The checkpoint tensor equal to `tensor`, if the model was loaded from one and is unchanged.
 
-    Equality is checked on a sample of rows (bitwise, after casting to the live dtype), so a
-    matrix the user changed after loading is offloaded instead of read back wrong.
+    Equality is checked on every row (bitwise, after casting to the live dtype, in chunks), so a
+    matrix the user changed after loading, even in one row, is offloaded instead of read back
+    wrong.
     """
     if not folder:
         return None
@@ -153,10 +161,7 @@ def find_checkpoint_rows(
                 sl = f.get_slice(key)
                 if tuple(sl.get_shape()) != tuple(tensor.shape):
                     continue
-                rows = _sample_rows(tensor.shape[0])
-                live = tensor.detach()[rows].cpu()
-                stored = torch.cat([sl[r : r + 1] for r in rows]).to(tensor.dtype)
-                if torch.equal(live, stored):
+                if _equal_to_stored(tensor, sl):
                     return CheckpointRows(path, key, tensor.dtype)
     return None
 
