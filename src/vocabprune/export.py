@@ -298,7 +298,9 @@ def encode(
     return out
 
 
-def boundary_ids(tokenizer: Any, corpus: Corpus, max_length: int) -> set[int]:
+def boundary_ids(
+    tokenizer: Any, corpus: Corpus, max_length: int, short_batches: list[Any] | None = None
+) -> set[int]:
     """Ids of the rest of every word that truncation cuts in two.
 
     A rewritten tokenizer splits a word using only kept pieces; if the tail of a word cut by
@@ -308,7 +310,8 @@ def boundary_ids(tokenizer: Any, corpus: Corpus, max_length: int) -> set[int]:
     if not getattr(tokenizer, "is_fast", False):
         return set()
     extra: set[int] = set()
-    short_batches = encode(tokenizer, corpus, max_length, words=True)
+    if short_batches is None:
+        short_batches = encode(tokenizer, corpus, max_length, words=True)
     long_batches = encode(tokenizer, corpus, None, words=True)
     for short, long in zip(short_batches, long_batches, strict=True):
         for i in range(len(short["input_ids"])):
@@ -332,16 +335,17 @@ def select_lossy(
     *,
     min_count: int,
     target_size: int | None,
-    closure: Callable[[set[int]], set[int]],
+    closure: Callable[[set[int], set[int] | None], set[int]],
 ) -> np.ndarray:
     """Ids kept by a lossy vocabulary: counted >= min_count, most frequent first up to the target.
 
-    `closure` adds what a kept set needs (BPE merge parts); forced ids are always kept.
+    `closure(ids, kept)` adds to `kept` the ids and what they need (BPE merge parts); forced ids
+    are always kept.
     """
-    base = closure(set(forced))
+    base = closure(set(forced), None)
     candidates = np.flatnonzero(counts >= max(1, min_count))
     if target_size is None:
-        return np.array(sorted(closure(base | set(candidates.tolist()))), dtype=np.int64)
+        return np.array(sorted(closure(set(candidates.tolist()), base)), dtype=np.int64)
     if target_size < len(base):
         raise VocabPruneError(
             f"--target-size {target_size} is below the {len(base)} ids that are always kept "
@@ -352,7 +356,7 @@ def select_lossy(
     for i in order.tolist():
         if i in kept:
             continue
-        grown = closure(kept | {i})
+        grown = closure({i}, kept)
         if len(grown) <= target_size:
             kept = grown
         if len(kept) >= target_size:
@@ -372,7 +376,7 @@ def run_prune(opts: PruneOptions, *, log: Callable[[str], None] | None = None) -
     from vocabprune.finetune import default_data, default_model
     from vocabprune.loading import load_config, load_model, load_tokenizer
     from vocabprune.scan import bincount_ids
-    from vocabprune.tokenizer_rewrite import merge_closure, required_ids, tokenizer_json
+    from vocabprune.tokenizer_rewrite import MergeClosure, required_ids, tokenizer_json
 
     started = time.perf_counter()
     say = log or (lambda _msg: None)
@@ -395,25 +399,25 @@ def run_prune(opts: PruneOptions, *, log: Callable[[str], None] | None = None) -
     model = load_model(cls, model_path, **model_kwargs(cls, model_path))
     model.eval()
     rows = int(model.get_input_embeddings().weight.shape[0])
-    encoded = encode(tokenizer, corpus, opts.max_length)
+    lossy = opts.min_count > 1 or opts.target_size is not None
+    whole_words = opts.standalone and not lossy and bool(opts.max_length)
+    batches = encode(tokenizer, corpus, opts.max_length, words=whole_words)
+    encoded = [ids for b in batches for ids in b["input_ids"]] if whole_words else batches
     counts = np.zeros(rows, dtype=np.int64)
     for ids in encoded:
         counts += bincount_ids(np.asarray(ids, dtype=np.int64), rows, source="data")
     total = int(counts.sum())
-    lossy = opts.min_count > 1 or opts.target_size is not None
     data = tokenizer_json(tokenizer) if opts.standalone else None
     forced = set(special_ids(tokenizer, model))
     extra: set[int] = set()
     if lossy:
         if data is not None:
             forced |= required_ids(data, forced)
-
-            def closure(ids: set[int]) -> set[int]:
-                return merge_closure(data, ids)
+            closure: Callable[[set[int], set[int] | None], set[int]] = MergeClosure(data)
         else:
 
-            def closure(ids: set[int]) -> set[int]:
-                return ids
+            def closure(ids: set[int], within: set[int] | None) -> set[int]:
+                return set(ids) | set(within or ())
 
         kept_ids = select_lossy(
             counts,
@@ -423,8 +427,8 @@ def run_prune(opts: PruneOptions, *, log: Callable[[str], None] | None = None) -
             closure=closure,
         )
         extra = set(kept_ids.tolist()) - set(np.flatnonzero(counts).tolist()) - forced
-    elif data is not None and opts.max_length:
-        extra = boundary_ids(tokenizer, corpus, opts.max_length) - set(
+    elif whole_words and opts.max_length:
+        extra = boundary_ids(tokenizer, corpus, opts.max_length, batches) - set(
             np.flatnonzero(counts).tolist()
         )
     if lossy:

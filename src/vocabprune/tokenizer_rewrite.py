@@ -134,32 +134,43 @@ def always_kept_ids(data: dict[str, Any]) -> set[int]:
     return ids
 
 
-def merge_closure(data: dict[str, Any], ids: Iterable[int]) -> set[int]:
-    """For BPE: the given ids plus every token a merge needs on the way to building one of them.
+class MergeClosure:
+    """For BPE: ids plus every token a merge needs on the way to building one of them.
 
     All merges that produce a needed token are followed (a token can be built more than one
-    way), so whatever path the original takes, its intermediate tokens are kept.
+    way), so whatever path the original takes, its intermediate tokens are kept. Built once per
+    tokenizer; `closure(ids, within=kept)` only walks tokens not already in `within`.
     """
-    model = data["model"]
-    result = {int(i) for i in ids}
-    if model["type"] != "BPE":
-        return result
-    vocab = model["vocab"]
-    inverse = {i: t for t, i in vocab.items()}
-    producers: dict[str, list[tuple[str, str]]] = {}
-    for a, b in _merge_pairs(model):
-        producers.setdefault(_merged(model, a, b), []).append((a, b))
-    stack = [inverse[i] for i in result if i in inverse]
-    seen = set(stack)
-    while stack:
-        token = stack.pop()
-        for a, b in producers.get(token, ()):
-            for part in (a, b):
-                if part not in seen and part in vocab:
-                    seen.add(part)
-                    result.add(vocab[part])
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        model = data["model"]
+        self.is_bpe = model["type"] == "BPE"
+        self.parts: dict[int, list[int]] = {}
+        if not self.is_bpe:
+            return
+        vocab = model["vocab"]
+        for a, b in _merge_pairs(model):
+            merged = vocab.get(_merged(model, a, b))
+            if merged is not None and a in vocab and b in vocab:
+                self.parts.setdefault(merged, []).extend((vocab[a], vocab[b]))
+
+    def __call__(self, ids: Iterable[int], within: set[int] | None = None) -> set[int]:
+        start = {int(i) for i in ids}
+        done = set(within or ())
+        result = start | done
+        stack = [i for i in start if i not in done]
+        while stack:
+            token = stack.pop()
+            for part in self.parts.get(token, ()):
+                if part not in result:
+                    result.add(part)
                     stack.append(part)
-    return result
+        return result
+
+
+def merge_closure(data: dict[str, Any], ids: Iterable[int]) -> set[int]:
+    """For BPE: the given ids plus every token a merge needs on the way to building one of them."""
+    return MergeClosure(data)(ids)
 
 
 def required_ids(data: dict[str, Any], ids: Iterable[int]) -> set[int]:
@@ -196,22 +207,28 @@ def _new(old_to_new: dict[int, int], old: int, what: str) -> int:
 
 def rewrite_tokenizer_json(data: dict[str, Any], kept_ids: Sequence[int]) -> dict[str, Any]:
     """A copy of `data` whose vocabulary is the kept ids renumbered 0..K-1 (in their order)."""
-    data = copy.deepcopy(data)
+    # Copy everything but the (large) vocabulary and merges, which are rebuilt below.
+    model = {k: v for k, v in data["model"].items() if k not in ("vocab", "merges")}
+    rest = copy.deepcopy({k: v for k, v in data.items() if k != "model"})
+    vocab = _model_vocab(data["model"])
+    model["vocab"] = data["model"]["vocab"]
+    if "merges" in data["model"]:
+        model["merges"] = data["model"]["merges"]
+    data = {**rest, "model": model}
     kept = [int(i) for i in kept_ids]
     old_to_new = {old: new for new, old in enumerate(kept)}
-    model = data["model"]
     kind = model["type"]
     if kind not in SUPPORTED:
         raise UnsupportedModelError(f"cannot rewrite a {kind} tokenizer standalone")
-    vocab = _model_vocab(model)
-    known = set(vocab.values()) | {int(a["id"]) for a in data.get("added_tokens", [])}
+    in_model = set(vocab.values())
+    known = in_model | {int(a["id"]) for a in data.get("added_tokens", [])}
     missing = [i for i in kept if i not in known]
     if missing:
         raise VocabPruneError(
             f"kept id {missing[0]} has no token in the tokenizer ({len(missing)} such ids): "
             "a standalone tokenizer needs a token for every kept row"
         )
-    model_kept = [i for i in kept if i in set(vocab.values())]
+    model_kept = [i for i in kept if i in in_model]
     if [old_to_new[i] for i in model_kept] != list(range(len(model_kept))):
         raise VocabPruneError(
             "kept added tokens come before kept vocabulary tokens: cannot renumber them in order"
