@@ -579,3 +579,104 @@ def test_bad_heads_are_refused(name):
         vp.prune(model, kept)
     assert not vp.is_pruned(model)
     assert all(torch.equal(before[k], v) for k, v in snapshot(model).items())
+
+
+# -- padded vocabularies with a real tokenizer -----------------------------------------------
+
+
+@pytest.mark.slow
+def test_padded_vocabulary_generates_text_the_tokenizer_decodes(bbc_texts):
+    """Head and embedding of 49,216 rows (a multiple of 64) for a 49,152-id tokenizer."""
+    pytest.importorskip("gguf")
+    from transformers import AutoTokenizer
+
+    from vocabprune.fixtures import smollm2_path
+    from vocabprune.fixtures.packaged import FixtureMissingError
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(smollm2_path())
+    except FixtureMissingError as exc:
+        pytest.skip(str(exc))
+    rows = 49_216
+    assert len(tokenizer) == 49_152
+    cfg, _ = _llama(tied=True)
+    cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size = rows, 16, 32
+    cfg.num_hidden_layers, cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = 1, 1, 2, 2
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    texts = list(bbc_texts["text"][:5])
+    kept = vp.build_kept_vocab(tokenizer, texts, model=model, max_length=64)
+    assert kept.vocab_size == rows
+    assert int(kept.kept_ids.max()) < len(tokenizer)  # padded rows are never used
+    first = tokenizer(texts[0])["input_ids"][:12]
+    prompt = {
+        "input_ids": torch.tensor([first]),
+        "attention_mask": torch.ones(1, 12, dtype=torch.long),
+    }
+    args = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=2)
+    banned = [i for i in range(rows) if i not in kept]
+    with torch.no_grad():
+        want = model.generate(**prompt, suppress_tokens=banned, **args)
+    vp.prune(model, kept)
+    assert model.lm_head.weight.shape[0] == kept.size
+    with torch.no_grad():
+        got = vp.generate(model, **prompt, tokenizer=tokenizer, **args)
+    assert torch.equal(got, want)
+    text = tokenizer.decode(got[0])
+    assert text.startswith(tokenizer.decode(first))
+    assert tokenizer(text, add_special_tokens=False)["input_ids"]  # decodes to real text
+    vp.restore(model)
+    assert model.lm_head.weight.shape[0] == rows
+
+
+# -- masked-LM data: random replacements never leave the kept vocabulary --------------------------
+
+
+def test_masked_lm_collator_draws_kept_ids(minilm_tokenizer):
+    from vocabprune.lm import MaskedLMCollator
+
+    tok = minilm_tokenizer
+    ids = tok(["the quick brown fox jumps over the lazy dog " * 6], truncation=True)["input_ids"]
+    kept_text = sorted(set(ids[0]) - set(tok.all_special_ids))
+    counts = np.zeros(len(tok), dtype=np.int64)
+    counts[kept_text] = 1
+    kept = KeptVocab.from_counts(counts, tokenizer=tok)
+    collate = RemapCollator(
+        MaskedLMCollator(tok, kept_text, probability=0.5, seed=1), kept, remap_labels=True
+    )
+    batch = collate([{"input_ids": ids[0]}] * 16)  # raises if a random id were not kept
+    labels = batch["labels"]
+    assert (labels == -100).any() and (labels != -100).any()
+    new_mask = kept.new_id(tok.mask_token_id)
+    masked = batch["input_ids"] == new_mask
+    assert 0.3 < masked.sum() / (labels != -100).sum() < 0.95
+    # Labels are the original ids at the chosen positions, remapped.
+    orig = torch.as_tensor(kept.old_to_new)[torch.as_tensor(ids[0])].expand_as(labels)
+    chosen = labels != -100
+    assert torch.equal(labels[chosen], orig[chosen])
+    assert not (chosen & (batch["attention_mask"] == 0)).any()
+
+
+@pytest.mark.slow
+def test_cli_masked_lm_on_minilm(tmp_path, minilm_dir):
+    import json
+
+    from transformers import AutoModelForMaskedLM
+
+    from vocabprune.cli import main
+
+    out = tmp_path / "mlm"
+    argv = ["finetune", "--task", "masked-lm", "--out", str(out), "--limit", "12"]
+    argv += ["--max-steps", "2", "--batch-size", "4", "--max-length", "32", "--lr", "1e-3"]
+    assert main([*argv, "--json"]) == 0
+    report = json.loads((out / "vocabprune_run.json").read_text())
+    assert report["task"] == "masked-lm" and report["eval_perplexity"] > 1
+    kept = KeptVocab.load(out)
+    model = AutoModelForMaskedLM.from_pretrained(out)
+    original = AutoModelForMaskedLM.from_pretrained(minilm_dir)
+    emb, emb0 = model.get_input_embeddings().weight, original.get_input_embeddings().weight
+    assert model.get_output_embeddings().weight is emb
+    dropped = torch.ones(emb.shape[0], dtype=torch.bool)
+    dropped[torch.as_tensor(kept.kept_ids)] = False
+    assert torch.equal(emb[dropped], emb0[dropped])
+    assert not torch.equal(emb[~dropped], emb0[~dropped])
