@@ -1,10 +1,20 @@
 """Memory accounting: parameters and training bytes, full model vs pruned vs the floor.
 
-The floor of a pruned run is the non-embedding parameters plus the kept rows. Bytes per trainable
-parameter by regime (weights + gradients + optimizer states):
-  fp32_adamw  4 + 4 + 8 (two fp32 moments)                      = 16
-  bf16_mixed  2 (bf16 weights) + 2 (bf16 grads) + 12 (fp32 master + two moments) = 16
-  adamw_8bit  4 + 4 + 2 (two 8-bit moments)                     = 10
+Three parameter counts for one model and one kept vocabulary:
+  full    every parameter of the model (tied parameters once)
+  pruned  the model after `prune`: every vocabulary-indexed tensor cut to the kept rows
+  floor   non-embedding parameters + the kept rows: what a pruned run cannot go below
+          (equal to pruned; a method that keeps any unused row, or a frozen full copy, is above)
+
+Byte model: bytes per *trainable* parameter held during training, split into weights +
+gradients + optimizer states (activations, the framework and the data are not included):
+  fp32_adamw  4 (fp32 weights) + 4 (fp32 grads) + 8 (two fp32 AdamW moments)        = 16
+  bf16_mixed  2 (bf16 weights) + 2 (bf16 grads) + 12 (fp32 master weights + two fp32
+              moments: the usual mixed-precision AdamW recipe)                         = 16
+  adamw_8bit  4 (fp32 weights) + 4 (fp32 grads) + 2 (two 8-bit moments; the per-block
+              scales of bitsandbytes add under 0.5%, small tensors stay 32-bit)    = 10
+benchmarks/train_memory.py measures the fp32_adamw case after one real AdamW step: the measured
+bytes of a pruned run equal 16 x the floor parameters (plus AdamW's per-tensor step counters).
 """
 
 from __future__ import annotations
@@ -15,7 +25,12 @@ from typing import Any
 import torch
 from torch import nn
 
-BYTES_PER_PARAM = {"fp32_adamw": 16, "bf16_mixed": 16, "adamw_8bit": 10}
+BYTES_BREAKDOWN: dict[str, dict[str, int]] = {
+    "fp32_adamw": {"weights": 4, "grads": 4, "optimizer": 8},
+    "bf16_mixed": {"weights": 2, "grads": 2, "optimizer": 12},
+    "adamw_8bit": {"weights": 4, "grads": 4, "optimizer": 2},
+}
+BYTES_PER_PARAM = {regime: sum(parts.values()) for regime, parts in BYTES_BREAKDOWN.items()}
 
 
 def count_params(model: nn.Module, *, trainable_only: bool = False) -> int:
@@ -65,6 +80,19 @@ class ParamBudget:
             "floor": self.floor_params * per,
         }
 
+    def params(self) -> dict[str, int]:
+        return {"full": self.model_params, "pruned": self.pruned_params, "floor": self.floor_params}
+
+    def breakdown(self, regime: str = "fp32_adamw") -> dict[str, dict[str, int]]:
+        """{full|pruned|floor: {weights, grads, optimizer, total}} in bytes for one regime."""
+        parts = BYTES_BREAKDOWN[regime]
+        out = {}
+        for which, n in self.params().items():
+            row = {part: n * per for part, per in parts.items()}
+            row["total"] = sum(row.values())
+            out[which] = row
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out.update(
@@ -73,6 +101,10 @@ class ParamBudget:
             floor_params=self.floor_params,
         )
         out["bytes"] = {regime: self.bytes(regime) for regime in BYTES_PER_PARAM}
+        out["bytes_breakdown"] = {regime: self.breakdown(regime) for regime in BYTES_PER_PARAM}
+        out["bytes_per_param"] = {
+            regime: dict(BYTES_BREAKDOWN[regime]) for regime in BYTES_PER_PARAM
+        }
         return out
 
 

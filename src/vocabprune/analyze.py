@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from vocabprune.accounting import BYTES_PER_PARAM, budget
+from vocabprune.accounting import BYTES_BREAKDOWN, BYTES_PER_PARAM, budget
+from vocabprune.growth import growth_report, split_overlap
 from vocabprune.loading import load_config, load_tokenizer
 from vocabprune.scan import scan
 from vocabprune.vocab import KeptVocab
@@ -87,6 +88,12 @@ def analyze(
         report[f"{regime}_bytes_floor"] = b["floor"]
     report["adamw_fp32_bytes_full"] = report["fp32_adamw_bytes_full"]
     report["adamw_fp32_bytes_pruned"] = report["fp32_adamw_bytes_pruned"]
+    # weights + grads + optimizer states per regime (accounting.py documents the byte model)
+    report["memory"] = {
+        regime: {"bytes_per_param": dict(BYTES_BREAKDOWN[regime]), **plan.breakdown(regime)}
+        for regime in BYTES_PER_PARAM
+    }
+    report["growth"] = growth_report(counts)
     report["splits"] = {
         name: {
             "examples": s.examples,
@@ -95,6 +102,27 @@ def analyze(
         }
         for name, s in result.splits.items()
     }
+    report["overlap"] = split_overlap({name: s.counts for name, s in result.splits.items()})
+    columns = [c.strip() for c in (text_column or "").split(",") if c.strip()]
+    if len(columns) > 1:  # sentence pairs: what each column uses on its own
+        per_column = {}
+        for column in columns:
+            col = scan(
+                tokenizer,
+                *sources,
+                text_column=column,
+                max_length=max_length,
+                vocab_size=rows,
+                progress=progress,
+            ).counts
+            per_column[column] = {
+                "tokens": int(col.sum()),
+                "ids_used": int(np.count_nonzero(col)),
+                "counts": col,
+            }
+        used = [v.pop("counts") > 0 for v in per_column.values()]
+        report["columns"] = per_column
+        report["columns_ids_in_all"] = int(np.count_nonzero(np.logical_and.reduce(used)))
     return report, kept
 
 
@@ -119,16 +147,25 @@ def format_report(report: dict[str, Any]) -> str:
             f"{report['pruned_model_params']:,} ({report['params_saved_fraction']:.1%} fewer)",
         ),
     ]
-    for regime in BYTES_PER_PARAM:
+    growth = report.get("growth")
+    if growth:
+        cov = growth["coverage_ids"]
         rows.append(
             (
-                f"{regime} train bytes",
-                f"{_mb(report[f'{regime}_bytes_full'])} full -> "
-                f"{_mb(report[f'{regime}_bytes_pruned'])} pruned",
+                "Heaps' law fit",
+                f"distinct ids ~ {growth['heaps_K']:.2f} * tokens^{growth['heaps_beta']:.3f} "
+                f"(R^2 {growth['heaps_r2']:.3f})",
+            )
+        )
+        rows.append(
+            (
+                "ids covering tokens",
+                ", ".join(f"{level}: {cov[level]:,}" for level in ("90%", "99%", "99.9%")),
             )
         )
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    lines += ["", *format_memory(report)]
     if len(report["splits"]) > 1:
         lines.append("")
         lines.append("per source:")
@@ -137,4 +174,35 @@ def format_report(report: dict[str, Any]) -> str:
                 f"  {name}: {s['examples']:,} examples, {s['tokens']:,} tokens, "
                 f"{s['ids_used']:,} ids"
             )
+        overlap = report.get("overlap") or {}
+        for name, o in overlap.get("splits", {}).items():
+            lines.append(
+                f"  {name} vs {overlap['reference']}: {o['ids_in_both']:,} ids in both, "
+                f"{o['ids_only_here']:,} only in {name} ({o['tokens_only_here']:,} tokens, "
+                f"{o['tokens_only_here_fraction']:.2%} of its tokens), "
+                f"{o['ids_only_in_reference']:,} only in {overlap['reference']}"
+            )
+    if report.get("columns"):
+        lines.append("")
+        lines.append("per column:")
+        for name, c in report["columns"].items():
+            lines.append(f"  {name}: {c['tokens']:,} tokens, {c['ids_used']:,} ids")
+        lines.append(f"  ids used by every column: {report['columns_ids_in_all']:,}")
     return "\n".join(lines)
+
+
+def format_memory(report: dict[str, Any]) -> list[str]:
+    """Training bytes per regime: weights + grads + optimizer states (no activations)."""
+    memory = report.get("memory") or {}
+    lines = [
+        "training memory, weights + gradients + optimizer states (activations not included):",
+        f"  {'regime':<11} {'bytes/param':<14} {'full':>12} {'pruned':>12} {'floor':>12}",
+    ]
+    for regime, m in memory.items():
+        per = m["bytes_per_param"]
+        per_text = f"{per['weights']}+{per['grads']}+{per['optimizer']}={sum(per.values())}"
+        lines.append(
+            f"  {regime:<11} {per_text:<14} {_mb(m['full']['total']):>12} "
+            f"{_mb(m['pruned']['total']):>12} {_mb(m['floor']['total']):>12}"
+        )
+    return lines

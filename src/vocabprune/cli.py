@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(an)
     an.add_argument("--min-count", type=int, default=1, help="keep ids seen at least N times")
     an.add_argument("--save-kept", metavar="FILE", help="write the kept vocabulary (JSON)")
+    an.add_argument(
+        "--plot", metavar="FILE.png", help="draw vocabulary growth and top-k coverage (PNG)"
+    )
     an.add_argument("--json", action="store_true", help="print one JSON object")
 
     ft = sub.add_parser("finetune", help="fine-tune a sequence classifier, pruned, and restore")
@@ -130,6 +133,10 @@ def cmd_analyze(args: argparse.Namespace) -> dict[str, Any]:
     )
     if args.save_kept:
         report["kept_vocab_file"] = str(kept.save(args.save_kept))
+    if getattr(args, "plot", None):
+        from vocabprune.growth import plot
+
+        report["plot_file"] = plot(report, kept.counts, args.plot)
     if not args.json:
         print(format_report(report))
     return report
