@@ -7,8 +7,10 @@ or a dict of named splits of any of these.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,9 +129,20 @@ def count_texts(
     batch_size: int = DEFAULT_BATCH,
     progress: bool | None = None,
     source: str = "texts",
+    num_proc: int | None = None,
 ) -> np.ndarray:
-    """Tokenize as the run will (special tokens, truncation) and count the ids."""
+    """Tokenize as the run will (special tokens, truncation) and count the ids.
+
+    A fast tokenizer is driven through its backend (`encode_batch_fast`, truncation as the
+    wrapper sets it) with the next batch tokenized in a thread while this one is counted, after
+    checking on the first batch that it gives the wrapper's ids (else the wrapper is used).
+    `num_proc` > 1 splits the texts over that many processes; the counts are the same.
+    """
     size = vocab_size or len(tokenizer)
+    if num_proc and num_proc > 1 and len(texts) > batch_size:
+        return _count_texts_parallel(
+            tokenizer, texts, pairs, max_length, size, batch_size, progress, source, num_proc
+        )
     counts = np.zeros(size, dtype=np.int64)
     kwargs: dict[str, Any] = {"add_special_tokens": True}
     if max_length:
@@ -137,11 +150,133 @@ def count_texts(
     bar = tqdm(
         total=len(texts), desc=f"scanning {source}", unit="ex", disable=_quiet(progress, len(texts))
     )
+    backend = _backend_encoder(tokenizer, texts, pairs, max_length, kwargs)
+    if backend is not None:
+        for ids, n in _pipelined_ids(backend, texts, pairs, batch_size):
+            counts += bincount_ids(ids, size, source=source)
+            bar.update(n)
+        bar.close()
+        return counts
     for sl in _batches(len(texts), batch_size):
         args = (list(texts[sl]),) if pairs is None else (list(texts[sl]), list(pairs[sl]))
         enc = tokenizer(*args, **kwargs)
         counts += bincount_ids(_flatten(enc["input_ids"]), size, source=source)
         bar.update(sl.stop - sl.start)
+    bar.close()
+    return counts
+
+
+def _backend_encoder(
+    tokenizer: Any,
+    texts: Sequence[str],
+    pairs: Sequence[str] | None,
+    max_length: int | None,
+    kwargs: dict[str, Any],
+) -> Any:
+    """A private copy of the fast tokenizer's backend set up as the wrapper call would be, or None
+    (slow tokenizer, or its ids differ from the wrapper's on a sample of the texts)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "encode_batch_fast") or len(texts) == 0:
+        return None
+    try:
+        from tokenizers import Tokenizer
+
+        copy = Tokenizer.from_str(backend.to_str())
+        copy.no_padding()
+        if max_length:
+            side = getattr(tokenizer, "truncation_side", "right")
+            copy.enable_truncation(max_length, strategy="longest_first", direction=side)
+        else:
+            copy.no_truncation()
+        copy.encode_special_tokens = bool(getattr(tokenizer, "split_special_tokens", False))
+        n = min(len(texts), 64)
+        sample = list(texts[:n]) if pairs is None else list(zip(texts[:n], pairs[:n], strict=True))
+        fast = [e.ids for e in copy.encode_batch_fast(sample, add_special_tokens=True)]
+        args = (list(texts[:n]),) if pairs is None else (list(texts[:n]), list(pairs[:n]))
+        slow = [list(map(int, r)) for r in tokenizer(*args, **kwargs)["input_ids"]]
+    except Exception:  # any surprise: the wrapper path is always right
+        return None
+    return copy if fast == slow else None
+
+
+def _encode_ids(backend: Any, batch: list[Any]) -> np.ndarray:
+    encodings = backend.encode_batch_fast(batch, add_special_tokens=True)
+    return np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int64)
+
+
+def _pipelined_ids(
+    backend: Any, texts: Sequence[str], pairs: Sequence[str] | None, batch_size: int
+) -> Iterator[tuple[np.ndarray, int]]:
+    """Flat ids batch by batch; the next batch is tokenized (GIL released) while one is counted."""
+
+    def batch(sl: slice) -> list[Any]:
+        if pairs is None:
+            return list(texts[sl])
+        return list(zip(texts[sl], pairs[sl], strict=True))
+
+    slices = list(_batches(len(texts), batch_size))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(_encode_ids, backend, batch(slices[0])) if slices else None
+        for i, sl in enumerate(slices):
+            assert pending is not None
+            ids = pending.result()
+            pending = (
+                pool.submit(_encode_ids, backend, batch(slices[i + 1]))
+                if i + 1 < len(slices)
+                else None
+            )
+            yield ids, sl.stop - sl.start
+
+
+def _count_chunk(
+    tokenizer: Any,
+    texts: list[str],
+    pairs: list[str] | None,
+    max_length: int | None,
+    size: int,
+    batch_size: int,
+    source: str,
+) -> np.ndarray:
+    return count_texts(
+        tokenizer,
+        texts,
+        pairs=pairs,
+        max_length=max_length,
+        vocab_size=size,
+        batch_size=batch_size,
+        progress=False,
+        source=source,
+    )
+
+
+def _count_texts_parallel(
+    tokenizer: Any,
+    texts: Sequence[str],
+    pairs: Sequence[str] | None,
+    max_length: int | None,
+    size: int,
+    batch_size: int,
+    progress: bool | None,
+    source: str,
+    num_proc: int,
+) -> np.ndarray:
+    import multiprocessing
+
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    chunk = max(batch_size, -(-len(texts) // (num_proc * 4)))
+    jobs = []
+    counts = np.zeros(size, dtype=np.int64)
+    bar = tqdm(
+        total=len(texts), desc=f"scanning {source}", unit="ex", disable=_quiet(progress, len(texts))
+    )
+    with ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context(method)) as pool:
+        for sl in _batches(len(texts), chunk):
+            part_pairs = None if pairs is None else list(pairs[sl])
+            args = (tokenizer, list(texts[sl]), part_pairs, max_length, size, batch_size, source)
+            jobs.append((pool.submit(_count_chunk, *args), sl.stop - sl.start))
+        for job, n in jobs:
+            counts += job.result()
+            bar.update(n)
     bar.close()
     return counts
 
@@ -161,6 +296,7 @@ def _count_columns(
     max_length: int | None,
     vocab_size: int,
     progress: bool | None,
+    num_proc: int | None = None,
 ) -> tuple[np.ndarray, int]:
     names = list(columns)
     if "input_ids" in columns and not text_column:
@@ -179,6 +315,7 @@ def _count_columns(
         vocab_size=vocab_size,
         progress=progress,
         source=source,
+        num_proc=num_proc,
     )
     return counts, len(texts)
 
@@ -197,6 +334,7 @@ def _count_dataset(
     vocab_size: int,
     progress: bool | None,
     batch_size: int,
+    num_proc: int | None = None,
 ) -> tuple[np.ndarray, int]:
     counts = np.zeros(vocab_size, dtype=np.int64)
     examples = 0
@@ -210,6 +348,8 @@ def _count_dataset(
         unit="ex",
         disable=_quiet(progress, total or 0) if total else (progress is False),
     )
+    if num_proc and num_proc > 1:  # batches big enough to split over the processes
+        batch_size = batch_size * num_proc * 4
     for batch in _iter_batches(dataset, batch_size):
         c, n = _count_columns(
             tokenizer,
@@ -219,6 +359,7 @@ def _count_dataset(
             max_length=max_length,
             vocab_size=vocab_size,
             progress=False,
+            num_proc=num_proc,
         )
         counts += c
         examples += n
@@ -251,6 +392,7 @@ def scan(
     vocab_size: int | None = None,
     progress: bool | None = None,
     batch_size: int = DEFAULT_BATCH,
+    num_proc: int | None = None,
 ) -> ScanResult:
     """Count token ids over every source given; each becomes a split of the result.
 
@@ -272,6 +414,7 @@ def scan(
                 vocab_size=size,
                 progress=progress,
                 batch_size=batch_size,
+                num_proc=num_proc,
             )
             if n == 0:
                 raise ScanError(f"{name} holds no examples")
@@ -313,6 +456,7 @@ def _count_source(
     vocab_size: int,
     progress: bool | None,
     batch_size: int,
+    num_proc: int | None = None,
 ) -> tuple[np.ndarray, int]:
     if isinstance(source, Path):
         columns = read_table(source)
@@ -324,6 +468,7 @@ def _count_source(
             max_length=max_length,
             vocab_size=vocab_size,
             progress=progress,
+            num_proc=num_proc,
         )
     if _is_dataset(source):
         return _count_dataset(
@@ -335,6 +480,7 @@ def _count_source(
             vocab_size=vocab_size,
             progress=progress,
             batch_size=batch_size,
+            num_proc=num_proc,
         )
     if isinstance(source, (str, os.PathLike)):
         return _count_source(
@@ -346,6 +492,7 @@ def _count_source(
             vocab_size=vocab_size,
             progress=progress,
             batch_size=batch_size,
+            num_proc=num_proc,
         )
     if isinstance(source, Sequence):
         texts = list(source)
@@ -360,6 +507,7 @@ def _count_source(
                 progress=progress,
                 source=name,
                 batch_size=batch_size,
+                num_proc=num_proc,
             ), len(texts)
         if all(isinstance(t, Sequence | np.ndarray) for t in texts):
             return count_token_ids(texts, vocab_size, source=name), len(texts)
@@ -376,6 +524,7 @@ def build_kept_vocab(
     min_count: int = 1,
     extra_ids: Iterable[int] = (),
     progress: bool | None = None,
+    num_proc: int | None = None,
 ) -> KeptVocab:
     """Scan the data and keep every id it uses, plus the specials the model must see or emit."""
     from vocabprune.vocab import embedding_shape
@@ -388,6 +537,7 @@ def build_kept_vocab(
         max_length=max_length,
         vocab_size=size,
         progress=progress,
+        num_proc=num_proc,
     )
     meta = {
         "total_tokens": result.total_tokens,
