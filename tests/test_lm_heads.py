@@ -486,6 +486,35 @@ def test_generate_refuses_ids_outside_the_kept_vocabulary():
     vp.restore(lm.model)
 
 
+def test_generate_remaps_id_lists_of_the_generation_config():
+    lm = build("llama", seed=3)
+    model = lm.model
+    kept = random_kept(lm, 4)
+    prompt = batch_for(lm, kept, 5, n=1)["input_ids"]
+    args = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=12)
+    banned = [i for i in range(V) if i not in kept]
+    with torch.no_grad():  # what the restricted head would emit without the lists
+        free = model.generate(input_ids=prompt, suppress_tokens=banned, **args)
+    free = free[0, prompt.shape[1] :].tolist()
+    assert free[0] in kept and free[1] in kept
+    # Suppress the first two tokens the model would emit (in original ids), as Whisper-style
+    # configs do; a suppressed id outside the kept vocabulary is simply dropped.
+    outside = next(i for i in lm.text_ids if i not in kept)
+    model.generation_config.suppress_tokens = [free[0], outside]
+    model.generation_config.bad_words_ids = [[free[1]], [outside, free[0]]]
+    with torch.no_grad():
+        want = model.generate(
+            input_ids=prompt, bad_words_ids=[[free[1]]], suppress_tokens=[free[0], *banned], **args
+        )
+    vp.prune(model, kept)
+    with torch.no_grad():
+        got = vp.generate(model, prompt, **args)
+    assert torch.equal(got, want)
+    assert free[0] not in got[0, prompt.shape[1] :].tolist()
+    vp.restore(model)
+    assert model.generation_config.suppress_tokens == [free[0], outside]
+
+
 # -- inputs-only pruning: output="keep" ----------------------------------------------------------
 
 

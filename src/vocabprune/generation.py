@@ -136,6 +136,11 @@ def _remap_generation_config(config: Any, kept: KeptVocab, *, scalars: bool) -> 
     return config
 
 
+def _has_id_lists(config: Any) -> bool:
+    names = (*SUPPRESS_ATTRS, "bad_words_ids", "sequence_bias", "forced_decoder_ids")
+    return config is not None and any(getattr(config, n, None) for n in names)
+
+
 def _check_head(state: PrunedState) -> None:
     if not state.output_pruned:
         raise VocabPruneError(
@@ -192,8 +197,9 @@ def generate(
         kwargs["generation_config"] = _remap_generation_config(
             kwargs["generation_config"], kept, scalars=True
         )
-    elif getattr(model, "generation_config", None) is not None:
-        # The model's own config: its scalar ids already follow the map (prune remapped them).
+    elif _has_id_lists(getattr(model, "generation_config", None)):
+        # The model's own config: its scalar ids already follow the map (prune remapped them),
+        # its lists of ids (suppress_tokens, bad_words_ids, ...) do not.
         kwargs["generation_config"] = _remap_generation_config(
             model.generation_config, kept, scalars=False
         )
