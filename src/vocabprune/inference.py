@@ -318,12 +318,14 @@ def load_compact(
     unknown: str | None = None,
     source: str | os.PathLike[str] | None = None,
     model_class: Any = None,
+    tokenizer: Any = None,
     **kwargs: Any,
 ) -> tuple[Any, Any]:
     """Load a compact (or standalone) export: (model, tokenizer), ready for pipelines.
 
     unknown: "error" | "unk" | "grow" (default: the policy recorded at export). source: the
-    original model folder (or safetensors file) to grow from when it has moved. kwargs go to
+    original model folder (or safetensors file) to grow from when it has moved. tokenizer: an
+    already loaded original tokenizer to use (its fingerprint is checked). kwargs go to
     from_pretrained (torch_dtype, device_map, ...). Only safetensors and JSON are read.
     """
     import transformers
@@ -331,6 +333,7 @@ def load_compact(
 
     from vocabprune.loading import load_model
 
+    given_tokenizer = tokenizer
     folder = Path(path)
     manifest = read_manifest(folder)
     kept = KeptVocab.load(folder / DEFAULT_FILENAME)
@@ -355,10 +358,13 @@ def load_compact(
     for name in ("tokenizer.json", "tokenizer_config.json"):
         if (tok_dir / name).is_file():
             read_json(tok_dir / name, "tokenizer file")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), trust_remote_code=False)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise VocabPruneError(f"could not load the tokenizer from {tok_dir}: {exc}") from exc
+    if given_tokenizer is not None:
+        tokenizer = given_tokenizer  # checked below like the stored one
+    else:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), trust_remote_code=False)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise VocabPruneError(f"could not load the tokenizer from {tok_dir}: {exc}") from exc
     if standalone:
         if len(tokenizer) != kept.size:
             raise MismatchError(
