@@ -216,3 +216,14 @@ def test_text_generation_pipeline(tmp_path, corpus, tiny_llama):
     kept = torch.as_tensor(adapter.kept.kept_ids)
     assert torch.allclose(logits[..., kept], full_logits[..., kept], atol=1e-5)
     assert torch.isinf(logits[..., dropped[:10]]).all()
+    # unknown="grow" grows the tied head with the embedding: logits over the grown ids match
+    model, tok = load_compact(out, unknown="grow")
+    enc = tok([UNSEEN], return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**enc).logits
+        full_logits = full(**enc).logits
+    adapter = get_adapter(model)
+    assert adapter.grown > 0
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    have = adapter.original_ids
+    assert torch.allclose(logits[..., have], full_logits[..., have], atol=1e-5)

@@ -182,6 +182,11 @@ class InferenceAdapter:
         """Rows the model holds now (kept + grown)."""
         return int(self._back.numel())
 
+    @property
+    def original_ids(self) -> torch.Tensor:
+        """The original id of each row the model holds now (kept, then grown)."""
+        return self._back.clone()
+
     def _on(self, name: str, device: torch.device) -> torch.Tensor:
         key = (name, device)
         if key not in self._cache:
