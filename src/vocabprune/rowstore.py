@@ -43,17 +43,44 @@ class CheckpointRows:
         self.key = key
         self.dtype = dtype
         self.description = f"checkpoint {path.name}:{key}"
+        self._identity = _file_identity(path)
 
     def full(self) -> torch.Tensor:
         if not self.path.exists():
             raise MismatchError(
                 f"checkpoint {self.path} that held the original rows of {self.key!r} is gone"
             )
+        if _file_identity(self.path) != self._identity:
+            raise MismatchError(
+                f"checkpoint {self.path} that held the original rows of {self.key!r} was "
+                "rewritten while the model was pruned; its rows are no longer the originals"
+            )
         with safe_open(str(self.path), framework="pt") as f:
             return f.get_tensor(self.key).to(self.dtype)
 
     def close(self) -> None:
         return None
+
+
+def _file_identity(path: Path) -> tuple[int, int, int, int]:
+    st = path.stat()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def move_out_of(store: RowStore, folder: str | os.PathLike[str]) -> RowStore:
+    """`store`, or an offloaded copy of it when it reads from a checkpoint inside `folder`
+    (about to be overwritten by a save into that folder)."""
+    if not isinstance(store, CheckpointRows):
+        return store
+    try:
+        inside = store.path.resolve().parent == Path(folder).resolve()
+    except OSError:
+        return store
+    if not inside:
+        return store
+    moved = offload(store.full())
+    store.close()
+    return moved
 
 
 class MemoryRows:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vocabprune.rowstore import RowStore
+from vocabprune.rowstore import RowStore, move_out_of
 from vocabprune.vocab import KeptVocab
 
 STATE_ATTR = "_vocabprune_state"
@@ -190,6 +190,8 @@ def _save_pretrained_full(self: nn.Module, save_directory: Any, *args: Any, **kw
     original = type(self).save_pretrained
     if state is None:
         return original(self, save_directory, *args, **kwargs)
+    for tensor in state.tensors:  # saving over the checkpoint that holds the original rows
+        tensor.store = move_out_of(tensor.store, save_directory)
     if kwargs.get("state_dict") is None:
         kwargs["state_dict"] = self.state_dict()
     with state.full_config():
