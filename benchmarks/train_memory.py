@@ -32,6 +32,18 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def rss_now_bytes() -> int:
+    """Current resident set size (VmRSS) of this process, 0 where /proc is missing."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def unique_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     seen: set[int] = set()
     out = []
@@ -76,24 +88,37 @@ def train_loop(
         torch.cuda.reset_peak_memory_stats()
     out: dict[str, Any] = {}
     losses = []
-    start = None
+    trace = [("before training", rss_now_bytes(), peak_rss_bytes())]
+    start = cpu_start = None
     for i in range(warmup + steps):
         if i == warmup:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
         batch = {k: v.to(device) for k, v in batches[i % len(batches)].items()}
         loss = model(**batch).loss
+        if i < 2:
+            trace.append((f"step {i} forward", rss_now_bytes(), peak_rss_bytes()))
         loss.backward()
+        if i < 2:
+            trace.append((f"step {i} backward", rss_now_bytes(), peak_rss_bytes()))
         optimizer.step()
         if i == 0:
             out["bytes"] = measured_bytes(model, optimizer)
         optimizer.zero_grad(set_to_none=True)
+        if i < 2:
+            trace.append((f"step {i} optimizer", rss_now_bytes(), peak_rss_bytes()))
         losses.append(float(loss.detach()))
-    assert start is not None
+    assert start is not None and cpu_start is not None
     seconds = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu_start
     out.update(
         steps=steps,
         seconds=seconds,
         steps_per_s=steps / seconds,
+        cpu_seconds=cpu_seconds,
+        steps_per_cpu_s=steps / cpu_seconds,
+        threads=torch.get_num_threads(),
+        loadavg_after=os.getloadavg()[0],
+        rss_trace=[{"at": a, "rss": r, "peak": p} for a, r, p in trace],
         losses=losses,
         trainable_params=sum(p.numel() for p in trainable),
         params=sum(p.numel() for p in unique_params(model)),
