@@ -92,6 +92,8 @@ def _flatten(rows: Sequence[Any], mask: Sequence[Any] | None = None) -> np.ndarr
     """Ragged or padded rows -> one flat int64 array without masked positions (no token loop)."""
     if len(rows) == 0:
         return np.zeros(0, dtype=np.int64)
+    if isinstance(rows, np.ndarray) and rows.ndim == 1 and rows.dtype != object:
+        return rows if mask is None else rows[np.asarray(mask).astype(bool)]  # already flat
     if isinstance(rows, np.ndarray) and rows.ndim == 2:
         flat = rows if mask is None else rows[np.asarray(mask).astype(bool)]
         return np.asarray(flat, dtype=np.int64).ravel()
@@ -179,17 +181,25 @@ def _backend_encoder(
     if backend is None or not hasattr(backend, "encode_batch_fast") or len(texts) == 0:
         return None
     try:
-        from tokenizers import Tokenizer
+        side = getattr(tokenizer, "truncation_side", "right")
+        split = bool(getattr(tokenizer, "split_special_tokens", False))
+        key = (id(backend), max_length, side, split)
+        cached = _BACKENDS.get(key)
+        copy = cached[1] if cached is not None and cached[0] is backend else None
+        if copy is None:
+            from tokenizers import Tokenizer
 
-        copy = Tokenizer.from_str(backend.to_str())
-        copy.no_padding()
-        if max_length:
-            side = getattr(tokenizer, "truncation_side", "right")
-            copy.enable_truncation(max_length, strategy="longest_first", direction=side)
-        else:
-            copy.no_truncation()
-        copy.encode_special_tokens = bool(getattr(tokenizer, "split_special_tokens", False))
-        n = min(len(texts), 64)
+            copy = Tokenizer.from_str(backend.to_str())
+            copy.no_padding()
+            if max_length:
+                copy.enable_truncation(max_length, strategy="longest_first", direction=side)
+            else:
+                copy.no_truncation()
+            copy.encode_special_tokens = split
+            if len(_BACKENDS) > 16:
+                _BACKENDS.clear()
+            _BACKENDS[key] = (backend, copy)  # holding backend: its id is not reused
+        n = min(len(texts), 16)
         sample = list(texts[:n]) if pairs is None else list(zip(texts[:n], pairs[:n], strict=True))
         fast = [e.ids for e in copy.encode_batch_fast(sample, add_special_tokens=True)]
         args = (list(texts[:n]),) if pairs is None else (list(texts[:n]), list(pairs[:n]))
@@ -197,6 +207,10 @@ def _backend_encoder(
     except Exception:  # any surprise: the wrapper path is always right
         return None
     return copy if fast == slow else None
+
+
+# Configured backend copies, per tokenizer backend and settings: (backend, copy).
+_BACKENDS: dict[tuple[Any, ...], tuple[Any, Any]] = {}
 
 
 def _encode_ids(backend: Any, batch: list[Any]) -> np.ndarray:
