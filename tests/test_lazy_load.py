@@ -121,6 +121,23 @@ def test_read_rows_reads_only_kept_rows(tmp_path, monkeypatch):
     assert torch.equal(read_rows(tmp_path / "x.safetensors", "m", None), matrix)
 
 
+def test_only_kept_rows_are_read(minilm_dir, minilm_tokenizer, monkeypatch):
+    from transformers import AutoModelForSequenceClassification
+
+    kept = _kept(minilm_tokenizer, ["only a few words here", "and a few more"], minilm_dir)
+    read = []
+    real = os.preadv
+
+    def spy(fd, buffers, offset):
+        read.append(sum(len(b) for b in buffers))
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(lazy_load.os, "preadv", spy)
+    model = load_pruned(AutoModelForSequenceClassification, minilm_dir, kept, num_labels=2)
+    assert sum(read) == kept.size * 384 * 4  # the kept rows of the embedding, nothing else
+    assert model.get_input_embeddings().weight.shape == (kept.size, 384)
+
+
 def test_refuses_wrong_vocabulary(minilm_dir):
     from transformers import AutoModelForSequenceClassification
 

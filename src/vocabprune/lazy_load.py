@@ -26,7 +26,7 @@ from torch import nn
 
 from vocabprune.errors import UnsupportedModelError, VocabPruneError
 from vocabprune.prune import _owners, _vocab_tensors, input_embedding
-from vocabprune.rowstore import CheckpointRows, checkpoint_files
+from vocabprune.rowstore import CheckpointRows, _candidate_keys, checkpoint_files
 from vocabprune.state import AttrChange, PrunedState, PrunedTensor, attach
 from vocabprune.vocab import CONFIG_ID_ATTRS, KeptVocab
 
@@ -320,7 +320,7 @@ def _attach_state(
         owners = _owners(model, tensor)
         store = None
         for _, _, qualname in owners:
-            for key in _keys_for(qualname, base_prefix):
+            for key in _candidate_keys(qualname, base_prefix):
                 if key in files:
                     store = CheckpointRows(files[key], key, tensor.dtype)
                     break
@@ -376,13 +376,3 @@ def _attach_state(
         output_pruned=head is not None,
     )
     attach(model, state)
-
-
-def _keys_for(qualname: str, prefix: str | None) -> list[str]:
-    keys = [qualname]
-    head, _, rest = qualname.partition(".")
-    if prefix and head == prefix and rest:
-        keys.append(rest)
-    if prefix and head != prefix:
-        keys.append(f"{prefix}.{qualname}")
-    return keys
