@@ -24,16 +24,26 @@ def restore(model: nn.Module, *, dropped_scale: float | None = None) -> nn.Modul
         raise VocabPruneError("model is not pruned: nothing to restore")
     owner = state_owner(model)
     assert owner is not None
+    from vocabprune.peft_compat import expand_copy, resolve_owners
+
+    copies = resolve_owners(owner, state)  # PEFT: unloaded or wrapped (modules_to_save) owners
     expanded = []
     for tensor in state.tensors:
         live = tensor.live()
         scale = state.dropped_scale.get(tensor.name) if dropped_scale is None else dropped_scale
         full = tensor.expanded(state.index(live.device), scale=scale)
         expanded.append((tensor, full, live.requires_grad))
+    copy_full = [(c, expand_copy(c, state, dropped_scale)) for c in copies]
     # Every read succeeded: only now change the model.
     for tensor, full, requires_grad in expanded:
         tensor.set(nn.Parameter(full, requires_grad=requires_grad) if tensor.is_parameter else full)
         tensor.store.close()
+    for copy, full in copy_full:  # trained copies inside PEFT wrappers (modules_to_save)
+        old = getattr(copy.module, copy.attr)
+        setattr(copy.module, copy.attr, nn.Parameter(full, requires_grad=old.requires_grad))
+        for change in state.module_changes:
+            if change.obj is copy.source:
+                setattr(copy.module, change.attr, change.old)
     for change in state.module_changes + state.config_changes:
         change.revert()
     for extra in state.extras.values():  # e.g. a weight-decay tracker's optimizer hooks

@@ -112,19 +112,20 @@ class PrunedState:
 def state_owner(model: Any) -> nn.Module | None:
     """The module carrying the pruned state: the model itself or the model inside a wrapper
     (DDP's .module, PEFT's .base_model / .model), None if not pruned."""
-    obj = model
-    for _ in range(6):
+    # Depth-first over every wrapper attribute (PEFT's LoraModel forwards unknown attributes to
+    # the model inside, so `.base_model` of it is the inner BertModel, not the pruned model).
+    stack, seen = [(model, 0)], set()
+    while stack:
+        obj, depth = stack.pop()
+        if id(obj) in seen or depth > 6:
+            continue
+        seen.add(id(obj))
         if isinstance(obj, nn.Module) and STATE_ATTR in obj.__dict__:
             return obj
-        nxt = None
-        for attr in ("module", "base_model", "model"):
+        for attr in ("model", "base_model", "module"):  # popped in reverse: module first
             candidate = getattr(obj, attr, None)
             if isinstance(candidate, nn.Module) and candidate is not obj:
-                nxt = candidate
-                break
-        if nxt is None:
-            return None
-        obj = nxt
+                stack.append((candidate, depth + 1))
     return None
 
 
