@@ -7,6 +7,7 @@ collator = vocabprune.RemapCollator(DataCollatorWithPadding(tokenizer), kept)
 vocabprune.restore(model)                      # an ordinary full model again
 """
 
+from vocabprune.decay import track_weight_decay
 from vocabprune.errors import (
     MismatchError,
     ScanError,
@@ -47,4 +48,5 @@ __all__ = [
     "remap_dataset",
     "restore",
     "scan",
+    "track_weight_decay",
 ]
