@@ -95,7 +95,11 @@ def tokenize_speed() -> dict:
 
         times: dict[str, list[float]] = {"backend": [], "wrapper": [], "count": []}
         for _ in range(REPEAT):  # alternate, so load on the machine hits all three alike
-            for name, fn in (("backend", backend_only), ("count", count), ("wrapper", wrapper_only)):
+            for name, fn in (
+                ("backend", backend_only),
+                ("count", count),
+                ("wrapper", wrapper_only),
+            ):
                 times[name].append(_best(fn, 1))
         counts = count()
         t0 = time.perf_counter()
