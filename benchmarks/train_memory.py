@@ -90,9 +90,11 @@ def train_loop(
     losses = []
     trace = [("before training", rss_now_bytes(), peak_rss_bytes())]
     start = cpu_start = None
+    step_seconds = []
     for i in range(warmup + steps):
         if i == warmup:
             start, cpu_start = time.perf_counter(), time.process_time()
+        t_step = time.perf_counter()
         batch = {k: v.to(device) for k, v in batches[i % len(batches)].items()}
         loss = model(**batch).loss
         if i < 2:
@@ -107,6 +109,8 @@ def train_loop(
         if i < 2:
             trace.append((f"step {i} optimizer", rss_now_bytes(), peak_rss_bytes()))
         losses.append(float(loss.detach()))
+        if i >= warmup:
+            step_seconds.append(time.perf_counter() - t_step)
     assert start is not None and cpu_start is not None
     seconds = time.perf_counter() - start
     cpu_seconds = time.process_time() - cpu_start
@@ -114,6 +118,8 @@ def train_loop(
         steps=steps,
         seconds=seconds,
         steps_per_s=steps / seconds,
+        step_seconds=step_seconds,
+        best_step_seconds=min(step_seconds),
         cpu_seconds=cpu_seconds,
         steps_per_cpu_s=steps / cpu_seconds,
         threads=torch.get_num_threads(),
