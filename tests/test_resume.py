@@ -60,9 +60,9 @@ def test_checkpoints_are_full_vocabulary_and_record_the_run(runs, minilm_dir):
     assert (kept.size, 384) in sizes and (30522, 384) not in sizes
 
 
-def test_resume_with_another_kept_vocabulary_is_refused(runs, bbc_dir, capsys):
+def test_resume_with_another_kept_vocabulary_is_refused(runs, capsys):
     argv = ["finetune", "--out", str(runs / "c"), "--resume", str(runs / "ckpts-a/checkpoint-2")]
-    argv += ["--data", str(bbc_dir), "--json"] + WD_ARGS + ["--limit", "40"]  # other kept ids
+    argv += ["--data", str(runs / "bbc96.jsonl"), "--json"] + WD_ARGS + ["--limit", "40"]
     code = main(argv)
     captured = capsys.readouterr()
     assert code == 2

@@ -25,7 +25,7 @@ def _reference(tokenizer, texts, pairs=None, max_length=None):
 
 @pytest.fixture(scope="module")
 def sample(bbc_texts):
-    texts = list(bbc_texts["text"][:300])
+    texts = list(bbc_texts["text"][:150])
     return texts + ["", "  ", "naïve café £5 🙂", "[CLS] [SEP] [MASK] literal specials"]
 
 
