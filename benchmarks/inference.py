@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -43,10 +42,12 @@ MAX_LENGTH = 128
 TARGETS = {"e5": {"disk_saved_min": 0.75, "rss_after_corpus_ratio_max": 0.5}}
 
 
-def rss_bytes() -> int:
+def rss_bytes(field: str = "VmRSS") -> int:
+    """VmRSS (or VmHWM, the peak) of this process from /proc (ru_maxrss would report the
+    parent's peak at fork time)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0  # pragma: no cover
 
@@ -156,7 +157,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         "rss_after_corpus_bytes": after_corpus,
         # after glibc's malloc_trim(0): what the allocator kept of freed activations is gone
         "rss_after_corpus_trimmed_bytes": trimmed or None,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_growth_bytes": rss_bytes("VmHWM") - base,
         "batches": len(times),
         "s_per_batch": round(sum(times) / len(times), 4),
         "s_per_batch_median": round(sorted(times)[len(times) // 2], 4),
