@@ -7,8 +7,8 @@ ids the pruned run never saw: the perplexity is split by whether the target id w
 
     python benchmarks/lm_perplexity.py       # JSON to benchmarks/results/lm_perplexity.json
 
-`main() -> dict`. Sizes via environment: VOCABPRUNE_BENCH_PPL_STEPS (default 30),
-VOCABPRUNE_BENCH_PPL_EVAL (held-out articles, default 48).
+`main() -> dict`. Sizes via environment: VOCABPRUNE_BENCH_PPL_STEPS (default 12),
+VOCABPRUNE_BENCH_PPL_EVAL (held-out articles, default 32).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 RESULT = HERE / "results" / "lm_perplexity.json"
-STEPS = int(os.environ.get("VOCABPRUNE_BENCH_PPL_STEPS", "30"))
-N_EVAL = int(os.environ.get("VOCABPRUNE_BENCH_PPL_EVAL", "48"))
+STEPS = int(os.environ.get("VOCABPRUNE_BENCH_PPL_STEPS", "12"))
+N_EVAL = int(os.environ.get("VOCABPRUNE_BENCH_PPL_EVAL", "32"))
 BATCH = 4
 MAX_LENGTH = 128
 LR = 1e-4

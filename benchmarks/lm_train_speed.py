@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 RESULT = HERE / "results" / "lm_train_speed.json"
 BATCH = 8
 MAX_LENGTH = 256
-STEPS = int(os.environ.get("VOCABPRUNE_BENCH_LM_STEPS", "3"))
+STEPS = int(os.environ.get("VOCABPRUNE_BENCH_LM_STEPS", "2"))
 
 
 def peak_rss_bytes() -> int:
