@@ -31,6 +31,14 @@ STEPS = int(os.environ.get("VOCABPRUNE_BENCH_LM_STEPS", "2"))
 
 
 def peak_rss_bytes() -> int:
+    """This process's peak RSS: VmHWM of its own address space (ru_maxrss can carry the peak of
+    the process that started it across exec), else ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
