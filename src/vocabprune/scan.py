@@ -301,37 +301,51 @@ def _quiet(progress: bool | None, n: int) -> bool | None:
     return not progress
 
 
+@dataclass(frozen=True)
+class _Opts:
+    """How every source of one scan is read and counted."""
+
+    text_column: str | None
+    max_length: int | None
+    vocab_size: int
+    progress: bool | None
+    batch_size: int = DEFAULT_BATCH
+    num_proc: int | None = None
+
+    def count_texts(
+        self,
+        tokenizer: Any,
+        texts: Sequence[str],
+        pairs: Sequence[str] | None,
+        source: str,
+        *,
+        progress: bool | None = None,
+    ) -> np.ndarray:
+        return count_texts(
+            tokenizer,
+            texts,
+            pairs=pairs,
+            max_length=self.max_length,
+            vocab_size=self.vocab_size,
+            batch_size=self.batch_size,
+            progress=self.progress if progress is None else progress,
+            source=source,
+            num_proc=self.num_proc,
+        )
+
+
 def _count_columns(
-    tokenizer: Any,
-    columns: Columns,
-    source: str,
-    *,
-    text_column: str | None,
-    max_length: int | None,
-    vocab_size: int,
-    progress: bool | None,
-    num_proc: int | None = None,
+    tokenizer: Any, columns: Columns, source: str, opts: _Opts, *, progress: bool | None = None
 ) -> tuple[np.ndarray, int]:
-    names = list(columns)
-    if "input_ids" in columns and not text_column:
+    if "input_ids" in columns and not opts.text_column:
         ids = columns["input_ids"]
         counts = count_token_ids(
-            ids, vocab_size, attention_mask=columns.get("attention_mask"), source=source
+            ids, opts.vocab_size, attention_mask=columns.get("attention_mask"), source=source
         )
         return counts, len(ids)
-    cols = pick_text_columns(names, text_column, source)
+    cols = pick_text_columns(list(columns), opts.text_column, source)
     texts, pairs = texts_of(columns, cols, source)
-    counts = count_texts(
-        tokenizer,
-        texts,
-        pairs=pairs,
-        max_length=max_length,
-        vocab_size=vocab_size,
-        progress=progress,
-        source=source,
-        num_proc=num_proc,
-    )
-    return counts, len(texts)
+    return opts.count_texts(tokenizer, texts, pairs, source, progress=progress), len(texts)
 
 
 def _is_dataset(obj: Any) -> bool:
@@ -339,42 +353,25 @@ def _is_dataset(obj: Any) -> bool:
 
 
 def _count_dataset(
-    tokenizer: Any,
-    dataset: Any,
-    source: str,
-    *,
-    text_column: str | None,
-    max_length: int | None,
-    vocab_size: int,
-    progress: bool | None,
-    batch_size: int,
-    num_proc: int | None = None,
+    tokenizer: Any, dataset: Any, source: str, opts: _Opts
 ) -> tuple[np.ndarray, int]:
-    counts = np.zeros(vocab_size, dtype=np.int64)
+    counts = np.zeros(opts.vocab_size, dtype=np.int64)
     examples = 0
     names = list(dataset.column_names or [])
-    if not ("input_ids" in names and not text_column):
-        pick_text_columns(names, text_column, source)  # fail early on a missing column
+    if not ("input_ids" in names and not opts.text_column):
+        pick_text_columns(names, opts.text_column, source)  # fail early on a missing column
     total = len(dataset) if hasattr(dataset, "__len__") else None
     bar = tqdm(
         total=total,
         desc=f"scanning {source}",
         unit="ex",
-        disable=_quiet(progress, total or 0) if total else (progress is False),
+        disable=_quiet(opts.progress, total or 0) if total else (opts.progress is False),
     )
-    if num_proc and num_proc > 1:  # batches big enough to split over the processes
-        batch_size = batch_size * num_proc * 4
+    batch_size = opts.batch_size
+    if opts.num_proc and opts.num_proc > 1:  # batches big enough to split over the processes
+        batch_size = batch_size * opts.num_proc * 4
     for batch in _iter_batches(dataset, batch_size):
-        c, n = _count_columns(
-            tokenizer,
-            batch,
-            source,
-            text_column=text_column,
-            max_length=max_length,
-            vocab_size=vocab_size,
-            progress=False,
-            num_proc=num_proc,
-        )
+        c, n = _count_columns(tokenizer, batch, source, opts, progress=False)
         counts += c
         examples += n
         bar.update(n)
@@ -413,23 +410,15 @@ def scan(
     A source is: a list of strings; a path (str or Path) to a file or labelled folder; a list of
     paths; a `datasets` Dataset, IterableDataset or DatasetDict; or a dict of named sources.
     """
-    size = vocab_size or len(tokenizer)
-    result = ScanResult(size)
+    opts = _Opts(
+        text_column, max_length, vocab_size or len(tokenizer), progress, batch_size, num_proc
+    )
+    result = ScanResult(opts.vocab_size)
     if not data:
         raise ScanError("no data given to scan")
     for item in data:
         for name, source in _named_sources(item):
-            counts, n = _count_source(
-                tokenizer,
-                source,
-                name,
-                text_column=text_column,
-                max_length=max_length,
-                vocab_size=size,
-                progress=progress,
-                batch_size=batch_size,
-                num_proc=num_proc,
-            )
+            counts, n = _count_source(tokenizer, source, name, opts)
             if n == 0:
                 raise ScanError(f"{name} holds no examples")
             result.add(name, counts, n)
@@ -460,71 +449,19 @@ def _named_sources(item: Any) -> Iterator[tuple[str, Any]]:
         raise ScanError(f"cannot scan a {type(item).__name__}: give texts, paths or a dataset")
 
 
-def _count_source(
-    tokenizer: Any,
-    source: Any,
-    name: str,
-    *,
-    text_column: str | None,
-    max_length: int | None,
-    vocab_size: int,
-    progress: bool | None,
-    batch_size: int,
-    num_proc: int | None = None,
-) -> tuple[np.ndarray, int]:
-    if isinstance(source, Path):
-        columns = read_table(source)
-        return _count_columns(
-            tokenizer,
-            columns,
-            name,
-            text_column=text_column,
-            max_length=max_length,
-            vocab_size=vocab_size,
-            progress=progress,
-            num_proc=num_proc,
-        )
-    if _is_dataset(source):
-        return _count_dataset(
-            tokenizer,
-            source,
-            name,
-            text_column=text_column,
-            max_length=max_length,
-            vocab_size=vocab_size,
-            progress=progress,
-            batch_size=batch_size,
-            num_proc=num_proc,
-        )
+def _count_source(tokenizer: Any, source: Any, name: str, opts: _Opts) -> tuple[np.ndarray, int]:
     if isinstance(source, (str, os.PathLike)):
-        return _count_source(
-            tokenizer,
-            Path(source),
-            name,
-            text_column=text_column,
-            max_length=max_length,
-            vocab_size=vocab_size,
-            progress=progress,
-            batch_size=batch_size,
-            num_proc=num_proc,
-        )
+        return _count_columns(tokenizer, read_table(Path(source)), name, opts)
+    if _is_dataset(source):
+        return _count_dataset(tokenizer, source, name, opts)
     if isinstance(source, Sequence):
         texts = list(source)
         if not texts:
             raise ScanError(f"{name} holds no examples")
         if all(isinstance(t, str) for t in texts):
-            return count_texts(
-                tokenizer,
-                texts,
-                max_length=max_length,
-                vocab_size=vocab_size,
-                progress=progress,
-                source=name,
-                batch_size=batch_size,
-                num_proc=num_proc,
-            ), len(texts)
+            return opts.count_texts(tokenizer, texts, None, name), len(texts)
         if all(isinstance(t, Sequence | np.ndarray) for t in texts):
-            return count_token_ids(texts, vocab_size, source=name), len(texts)
+            return count_token_ids(texts, opts.vocab_size, source=name), len(texts)
         raise ScanError(f"{name}: expected strings or lists of token ids")
     raise ScanError(f"cannot scan {name}: a {type(source).__name__}")
 
