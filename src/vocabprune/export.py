@@ -15,6 +15,7 @@ Two layouts, both written atomically (a crash leaves any previous folder intact)
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import inspect
@@ -103,16 +104,7 @@ def with_extra_ids(kept: KeptVocab, extra: Iterable[int], *, note: str | None = 
     meta = dict(kept.meta)
     if note:
         meta[note] = int(meta.get(note, 0)) + len(extra_set)
-    return KeptVocab(
-        kept_ids=ids,
-        counts=counts,
-        vocab_size=kept.vocab_size,
-        forced_ids=kept.forced_ids,
-        tokenizer_fingerprint=kept.tokenizer_fingerprint,
-        embedding_shape=kept.embedding_shape,
-        unk_id=kept.unk_id,
-        meta=meta,
-    )
+    return dataclasses.replace(kept, kept_ids=ids, counts=counts, meta=meta)
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -466,16 +458,7 @@ def run_prune(opts: PruneOptions, *, log: Callable[[str], None] | None = None) -
         "target_size": opts.target_size,
         "lossy": lossy,
     }
-    kept = KeptVocab(
-        kept_ids=kept.kept_ids,
-        counts=kept.counts,
-        vocab_size=kept.vocab_size,
-        forced_ids=kept.forced_ids,
-        tokenizer_fingerprint=kept.tokenizer_fingerprint,
-        embedding_shape=kept.embedding_shape,
-        unk_id=kept.unk_id,
-        meta=meta,
-    )
+    kept = dataclasses.replace(kept, meta=meta)
 
     def verify(folder: Path) -> dict[str, Any]:
         if data is None:
