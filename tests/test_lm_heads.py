@@ -709,3 +709,23 @@ def test_cli_masked_lm_on_minilm(tmp_path, minilm_dir):
     dropped[torch.as_tensor(kept.kept_ids)] = False
     assert torch.equal(emb[dropped], emb0[dropped])
     assert not torch.equal(emb[~dropped], emb0[~dropped])
+
+
+@pytest.mark.parametrize("output", ["auto", "keep"])
+def test_head_that_reads_the_input_embedding_is_refused(output):
+    from transformers import DebertaV2Config, DebertaV2ForMaskedLM
+
+    cfg = DebertaV2Config(
+        vocab_size=200,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=37,
+        legacy=False,
+    )
+    model = DebertaV2ForMaskedLM(cfg)
+    kept = vp.KeptVocab.from_counts(np.ones(50, dtype=np.int64), model=model)
+    with pytest.raises(vp.UnsupportedModelError, match="input embedding matrix itself"):
+        vp.prune(model, kept, output=output)
+    assert not vp.is_pruned(model)
+    assert model.get_input_embeddings().num_embeddings == 200

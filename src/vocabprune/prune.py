@@ -54,17 +54,46 @@ def input_embedding(model: nn.Module) -> nn.Embedding:
     return emb
 
 
+def _emb_dim(model: nn.Module) -> int:
+    return int(model.get_input_embeddings().weight.shape[1])
+
+
 def _output_head(model: nn.Module, full_size: int, mode: OutputMode) -> nn.Linear | None:
     getter = getattr(model, "get_output_embeddings", None)
     head = getter() if getter is not None else None
-    if head is None or mode == "keep":
+    if head is None:
         return None
     weight = getattr(head, "weight", None)
     if not isinstance(head, nn.Linear) or weight is None:
+        # A head that owns no vocabulary-sized matrix reads the input embedding itself (e.g.
+        # DeBERTa-v2 with legacy=False): neither pruning it nor keeping it full can work.
+        emb_weight = model.get_input_embeddings().weight
+        owns_matrix = any(
+            p is not emb_weight and p.ndim >= 1 and p.shape[0] == full_size
+            for p in head.parameters()
+        )
+        if not owns_matrix:
+            raise UnsupportedModelError(
+                f"model {_model_name(model)!r}: output head {type(head).__name__} multiplies by "
+                "the input embedding matrix itself; vocabprune cannot prune this model's "
+                "vocabulary (load it without the LM head, e.g. AutoModel)"
+            )
+        if mode == "keep":
+            return None
         raise UnsupportedModelError(
             f"model {_model_name(model)!r}: output head is {type(head).__name__}, not a plain "
             "linear layer over the vocabulary; use output='keep'"
         )
+    if weight.shape[0] != full_size and weight.shape[0] == _emb_dim(model):
+        # A hidden-to-hidden projection reported as the output head (DeBERTa-v2 legacy=False):
+        # the logits come from the input embedding matrix itself.
+        raise UnsupportedModelError(
+            f"model {_model_name(model)!r}: its output head is a {tuple(weight.shape)} projection "
+            "and the logits multiply by the input embedding matrix itself; vocabprune cannot "
+            "prune this model's vocabulary (load it without the LM head, e.g. AutoModel)"
+        )
+    if mode == "keep":
+        return None
     if weight.shape[0] != full_size:
         raise UnsupportedModelError(
             f"model {_model_name(model)!r}: output head has {weight.shape[0]} rows but the input "
