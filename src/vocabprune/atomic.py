@@ -43,6 +43,7 @@ def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iter
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the result should look like any folder
     try:
         yield tmp
+        _normal_modes(tmp)
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -59,3 +60,12 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _normal_modes(folder: Path) -> None:
+    """Files written through private temporaries (transformers writes model.safetensors 0600)
+    get the modes any new file would have, so the output folder is readable like any other."""
+    mode = 0o666 & ~_umask()
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode)
