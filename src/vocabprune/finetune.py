@@ -6,9 +6,6 @@ restore the trained rows into the full matrix, and write an ordinary full model 
 
 from __future__ import annotations
 
-import os
-import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from vocabprune.accounting import count_params
-from vocabprune.atomic import atomic_dir
 from vocabprune.errors import ScanError, VocabPruneError
 from vocabprune.loading import load_model, load_tokenizer
 from vocabprune.sources import pick_label_column, pick_text_columns, read_table, texts_of
@@ -133,54 +128,28 @@ def run_finetune(opts: FinetuneOptions, *, log: Any = None) -> dict[str, Any]:
 
         return run_lm_finetune(opts, log=log)
     import torch
-    from transformers import (
-        AutoModelForSequenceClassification,
-        DataCollatorWithPadding,
-        Trainer,
-        TrainingArguments,
-        set_seed,
-    )
+    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, set_seed
 
     from vocabprune import distributed as vpdist
-    from vocabprune.prune import prune
-    from vocabprune.remap import RemapCollator
-    from vocabprune.restore import restore
-    from vocabprune.scan import count_token_ids
-    from vocabprune.state import get_state
-    from vocabprune.trainer import VocabPruneCallback, check_resume
-    from vocabprune.vocab import KeptVocab
+    from vocabprune import training
 
     vpdist.init_from_env()  # under torchrun: the process group Trainer will use
     is_main = vpdist.rank() == 0
     say = (log if is_main else None) or (lambda msg: None)
-    out = Path(opts.out)
-    if out.exists() and not opts.overwrite:
-        raise VocabPruneError(f"output folder already exists: {out} (use --overwrite)")
-    if not 0 <= opts.eval_fraction < 1:
-        raise VocabPruneError(f"--eval-fraction must be in [0, 1), got {opts.eval_fraction}")
+    out = training.check_options(opts)
     model_path = opts.model or default_model()
     data_paths = list(opts.data) or default_data()
 
     data = load_labelled(data_paths, opts.text_column, opts.label_column)
-    rng = np.random.default_rng(opts.seed)
-    order = rng.permutation(len(data.texts))
-    if opts.limit:
-        order = order[: opts.limit]
-    n_eval = int(round(len(order) * opts.eval_fraction))
-    eval_rows, train_rows = order[:n_eval], order[n_eval:]
-    if len(train_rows) == 0:
-        raise ScanError("no training examples left after the evaluation split")
+    order, eval_rows, train_rows = training.split_rows(len(data.texts), opts)
     say(
         f"data: {len(train_rows)} train / {len(eval_rows)} eval examples, "
         f"{len(data.label_names)} labels"
     )
 
     tokenizer = load_tokenizer(model_path)
-    kwargs: dict[str, Any] = (
-        {"truncation": True, "max_length": opts.max_length} if opts.max_length else {}
-    )
     args = (data.texts,) if data.pairs is None else (data.texts, data.pairs)
-    encodings = dict(tokenizer(*args, **kwargs))
+    encodings = dict(tokenizer(*args, **training.tokenize_kwargs(opts.max_length)))
 
     set_seed(opts.seed)  # the classifier head is initialised at load time
     model = load_model(
@@ -190,33 +159,30 @@ def run_finetune(opts: FinetuneOptions, *, log: Any = None) -> dict[str, Any]:
         id2label=dict(enumerate(data.label_names)),
         label2id={n: i for i, n in enumerate(data.label_names)},
     )
-    vocab_size = int(model.get_input_embeddings().weight.shape[0])
-    full_trainable = count_params(model, trainable_only=True)
+    vocab_size, full_trainable = training.model_sizes(model)
 
     # Every id the run will see: the training and evaluation inputs, as tokenized.
-    seen = [encodings["input_ids"][int(r)] for r in order]
-    counts = count_token_ids(seen, vocab_size, source="training data")
     # Every rank prunes to one vocabulary: counts combined (max: each rank read all the data),
     # then the kept digests compared; a rank that differs fails on every rank.
-    counts = vpdist.agree_counts(counts, op="max")
-    kept = KeptVocab.from_counts(
-        counts,
+    kept = training.build_kept(
+        encodings["input_ids"],
+        order,
+        vocab_size,
         tokenizer=tokenizer,
         model=model,
         meta={"max_length": opts.max_length, "examples": len(order)},
+        combine=lambda counts: vpdist.agree_counts(counts, op="max"),
     )
     rank_digests = vpdist.check_same_kept(kept)
-    collator: Any = DataCollatorWithPadding(tokenizer)
-    t0 = time.perf_counter()
-    if opts.prune:
-        prune(model, kept)
-        collator = RemapCollator(collator, kept, tokenizer=tokenizer)
-    prepare_seconds = time.perf_counter() - t0
-    trainable = count_params(model, trainable_only=True)
-    say(
-        f"vocabulary: {kept.size:,} of {vocab_size:,} ids kept ({kept.size / vocab_size:.1%}); "
-        f"trainable parameters {trainable:,} (full {full_trainable:,})"
-        + ("" if opts.prune else " [--no-prune]")
+    collator, trainable, prepare_seconds = training.prune_for_training(
+        model,
+        kept,
+        DataCollatorWithPadding(tokenizer),
+        tokenizer=tokenizer,
+        enabled=opts.prune,
+        vocab_size=vocab_size,
+        full_trainable=full_trainable,
+        say=say,
     )
 
     train_set = _Examples(encodings, data.labels, train_rows)
@@ -226,48 +192,19 @@ def run_finetune(opts: FinetuneOptions, *, log: Any = None) -> dict[str, Any]:
         checkpoint_dir = Path(opts.checkpoint_dir or out.with_name(out.name + ".checkpoints"))
         scratch = str(checkpoint_dir)
     else:  # one scratch folder for all ranks (Trainer writes per-rank files into it)
-        scratch = vpdist.broadcast_object(
-            tempfile.mkdtemp(
-                prefix=".vocabprune-trainer-", dir=out.parent if out.parent.exists() else None
-            )
-            if is_main
-            else None
-        )
+        scratch = vpdist.broadcast_object(training.make_scratch(out) if is_main else None)
     resume = _resume_checkpoint(opts.resume, checkpoint_dir)
-    targs = TrainingArguments(
-        output_dir=scratch,
-        per_device_train_batch_size=opts.batch_size,
+    targs = training.training_args(
+        opts,
+        scratch,
+        log=log,
         per_device_eval_batch_size=max(opts.batch_size, 32),
-        num_train_epochs=opts.epochs,
-        max_steps=opts.max_steps,
-        learning_rate=opts.lr,
-        weight_decay=opts.weight_decay,
-        seed=opts.seed,
-        save_strategy="steps" if opts.save_steps else "no",
-        save_steps=opts.save_steps or 500,
-        eval_strategy="no",
-        report_to="none",
-        logging_steps=opts.logging_steps,
-        disable_tqdm=log is None,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
         # torchrun on CPU: Trainer runs DDP over gloo only when told the run is CPU-only.
         **({"use_cpu": True} if vpdist.is_distributed() and not torch.cuda.is_available() else {}),
-        **opts.extra_training_args,
     )
-    trainer = Trainer(
-        model=model,
-        args=targs,
-        train_dataset=train_set,
-        data_collator=collator,
-        callbacks=[VocabPruneCallback()],  # exact weight decay; vocabprune.json in checkpoints
+    trainer, train_output, train_seconds = training.train(
+        model, targs, train_set, collator, resume=resume, say=say
     )
-    if resume is not None:
-        check_resume(model, resume)  # refuses another model / kept vocabulary
-        say(f"resuming from {resume}")
-    t0 = time.perf_counter()
-    train_output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    train_seconds = time.perf_counter() - t0
 
     predictions: list[int] = []
     eval_accuracy = None
@@ -278,53 +215,50 @@ def run_finetune(opts: FinetuneOptions, *, log: Any = None) -> dict[str, Any]:
         eval_accuracy = float(np.mean(np.asarray(predictions) == np.asarray(pred.label_ids)))
         eval_loss = float(pred.metrics.get("test_loss", float("nan")))
 
-    t0 = time.perf_counter()
-    decay_factor = None
-    if opts.prune:
-        decay_factor = dict(get_state(model).dropped_scale) or None  # type: ignore[union-attr]
-        restore(model)  # once per rank; dropped rows get the tracked weight-decay factor
-    restore_seconds = time.perf_counter() - t0
+    # once per rank; dropped rows get the tracked weight-decay factor
+    decay_factor, restore_seconds = training.restore_trained(model, opts.prune)
     del trainer
     vpdist.barrier()
     if checkpoint_dir is None and is_main:
-        _rmtree(scratch)
+        training.rmtree(scratch)
 
-    report = {
-        "model": model_path,
-        "data": data_paths,
-        "pruned": opts.prune,
-        "kept_tokens": kept.size,
-        "vocab_size": vocab_size,
-        "trainable_params": trainable,
-        "full_trainable_params": full_trainable,
-        "train_examples": len(train_rows),
-        "eval_examples": len(eval_rows),
-        "steps": int(train_output.global_step),
-        "train_loss": float(train_output.training_loss),
-        "eval_loss": eval_loss,
-        "eval_accuracy": eval_accuracy,
-        "train_seconds": round(train_seconds, 3),
-        "prepare_seconds": round(prepare_seconds, 4),
-        "restore_seconds": round(restore_seconds, 4),
-        "device": str(next(model.parameters()).device),
-        "world_size": vpdist.world_size(),
-        "rank": vpdist.rank(),
-        "kept_digest": rank_digests[0],
-        "rank_kept_digests": rank_digests,
-        "dropped_decay_factor": decay_factor,
-        "resumed_from": str(resume) if resume else None,
-        "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None,
-        "torch": torch.__version__,
-        "out": str(out),
-    }
+    report = training.build_report(
+        head={},
+        model_path=model_path,
+        data_paths=data_paths,
+        pruned=opts.prune,
+        kept=kept,
+        vocab_size=vocab_size,
+        trainable=trainable,
+        full_trainable=full_trainable,
+        train_examples=len(train_rows),
+        eval_examples=len(eval_rows),
+        train_output=train_output,
+        metrics={"eval_loss": eval_loss, "eval_accuracy": eval_accuracy},
+        train_seconds=train_seconds,
+        prepare_seconds=prepare_seconds,
+        restore_seconds=restore_seconds,
+        tail={
+            "device": training.device_of(model),
+            "world_size": vpdist.world_size(),
+            "rank": vpdist.rank(),
+            "kept_digest": rank_digests[0],
+            "rank_kept_digests": rank_digests,
+            "dropped_decay_factor": decay_factor,
+            "resumed_from": str(resume) if resume else None,
+            "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None,
+        },
+        out=out,
+    )
     if is_main:  # the full model is written once
-        with atomic_dir(out, overwrite=opts.overwrite) as tmp:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            kept.save(tmp / "kept_vocab.json")
-            import json
-
-            (tmp / "vocabprune_run.json").write_text(json.dumps(report, indent=2))
+        training.save_run(
+            out,
+            overwrite=opts.overwrite,
+            model=model,
+            tokenizer=tokenizer,
+            kept=kept,
+            report=report,
+        )
     vpdist.barrier()
     report["eval_predictions"] = predictions
     return report
@@ -345,11 +279,3 @@ def _resume_checkpoint(resume: str | None, checkpoint_dir: Path | None) -> Path 
     if not path.is_dir():
         raise VocabPruneError(f"checkpoint to resume from not found: {path}")
     return path
-
-
-def _rmtree(path: str) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
-    if os.path.exists(path):  # pragma: no cover
-        raise VocabPruneError(f"could not remove scratch folder {path}")

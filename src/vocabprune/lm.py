@@ -12,18 +12,13 @@ no probability mass pushed away from them. Use --no-prune for the exact full sof
 
 from __future__ import annotations
 
-import json
 import math
-import tempfile
-import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from vocabprune.atomic import atomic_dir
 from vocabprune.errors import ScanError, VocabPruneError
 
 TASKS = ("classification", "masked-lm", "causal-lm")
@@ -163,23 +158,11 @@ def default_model(task: str) -> str:
 
 def run_lm_finetune(opts: Any, *, log: Any = None) -> dict[str, Any]:
     """`vocabprune finetune --task causal-lm|masked-lm`; returns the report."""
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoModelForMaskedLM,
-        Trainer,
-        TrainingArguments,
-        set_seed,
-    )
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, set_seed
 
-    from vocabprune.accounting import count_params
+    from vocabprune import training
     from vocabprune.finetune import default_data
     from vocabprune.loading import load_model, load_tokenizer
-    from vocabprune.prune import prune
-    from vocabprune.remap import RemapCollator
-    from vocabprune.restore import restore
-    from vocabprune.scan import count_token_ids
-    from vocabprune.state import get_state
-    from vocabprune.vocab import KeptVocab
 
     task = opts.task
     if task not in ("causal-lm", "masked-lm"):
@@ -188,44 +171,31 @@ def run_lm_finetune(opts: Any, *, log: Any = None) -> dict[str, Any]:
         if getattr(opts, name, None):
             raise VocabPruneError(f"--{name.replace('_', '-')} is not supported with --task {task}")
     say = log or (lambda msg: None)
-    out = Path(opts.out)
-    if out.exists() and not opts.overwrite:
-        raise VocabPruneError(f"output folder already exists: {out} (use --overwrite)")
-    if not 0 <= opts.eval_fraction < 1:
-        raise VocabPruneError(f"--eval-fraction must be in [0, 1), got {opts.eval_fraction}")
+    out = training.check_options(opts)
     causal = task == "causal-lm"
     model_path = opts.model or default_model(task)
     data_paths = list(opts.data) or default_data()
 
     texts = load_texts(data_paths, opts.text_column)
-    rng = np.random.default_rng(opts.seed)
-    order = rng.permutation(len(texts))
-    if opts.limit:
-        order = order[: opts.limit]
-    n_eval = int(round(len(order) * opts.eval_fraction))
-    eval_rows, train_rows = order[:n_eval], order[n_eval:]
-    if len(train_rows) == 0:
-        raise ScanError("no training examples left after the evaluation split")
+    order, eval_rows, train_rows = training.split_rows(len(texts), opts)
     say(f"data: {len(train_rows)} train / {len(eval_rows)} eval texts ({task})")
 
     tokenizer = load_tokenizer(model_path)
-    kwargs: dict[str, Any] = (
-        {"truncation": True, "max_length": opts.max_length} if opts.max_length else {}
-    )
-    input_ids: list[list[int]] = tokenizer(texts, **kwargs)["input_ids"]
+    input_ids: list[list[int]] = tokenizer(texts, **training.tokenize_kwargs(opts.max_length))[
+        "input_ids"
+    ]
     if causal and any(len(input_ids[int(r)]) < 2 for r in train_rows):
         train_rows = np.asarray([r for r in train_rows if len(input_ids[int(r)]) >= 2])
 
     set_seed(opts.seed)
     auto = AutoModelForCausalLM if causal else AutoModelForMaskedLM
     model = load_model(auto, model_path)
-    vocab_size = int(model.get_input_embeddings().weight.shape[0])
-    full_trainable = count_params(model, trainable_only=True)
+    vocab_size, full_trainable = training.model_sizes(model)
 
-    seen = [input_ids[int(r)] for r in order]
-    counts = count_token_ids(seen, vocab_size, source="training data")
-    kept = KeptVocab.from_counts(
-        counts,
+    kept = training.build_kept(
+        input_ids,
+        order,
+        vocab_size,
         tokenizer=tokenizer,
         model=model,
         meta={"max_length": opts.max_length, "examples": len(order), "task": task},
@@ -239,67 +209,26 @@ def run_lm_finetune(opts: Any, *, log: Any = None) -> dict[str, Any]:
         special = set(tokenizer.all_special_ids)
         candidates = [int(i) for i in kept.kept_ids if int(i) not in special]
         base = MaskedLMCollator(tokenizer, candidates, seed=opts.seed)
-    collator: Any = base
-    t0 = time.perf_counter()
-    if opts.prune:
-        prune(model, kept)
-        collator = RemapCollator(base, kept, tokenizer=tokenizer, remap_labels=True)
-    prepare_seconds = time.perf_counter() - t0
-    trainable = count_params(model, trainable_only=True)
-    say(
-        f"vocabulary: {kept.size:,} of {vocab_size:,} ids kept ({kept.size / vocab_size:.1%}); "
-        f"trainable parameters {trainable:,} (full {full_trainable:,})"
-        + ("" if opts.prune else " [--no-prune]")
+    collator, trainable, prepare_seconds = training.prune_for_training(
+        model,
+        kept,
+        base,
+        tokenizer=tokenizer,
+        enabled=opts.prune,
+        vocab_size=vocab_size,
+        full_trainable=full_trainable,
+        say=say,
+        remap_labels=True,
     )
 
-    scratch = tempfile.mkdtemp(
-        prefix=".vocabprune-trainer-", dir=out.parent if out.parent.exists() else None
+    scratch = training.make_scratch(out)
+    targs = training.training_args(opts, scratch, log=log, remove_unused_columns=False)
+    trainer, train_output, train_seconds = training.train(
+        model, targs, _Rows(input_ids, train_rows), collator
     )
-    targs = TrainingArguments(
-        output_dir=scratch,
-        per_device_train_batch_size=opts.batch_size,
-        num_train_epochs=opts.epochs,
-        max_steps=opts.max_steps,
-        learning_rate=opts.lr,
-        weight_decay=opts.weight_decay,
-        seed=opts.seed,
-        save_strategy="no",
-        eval_strategy="no",
-        report_to="none",
-        logging_steps=opts.logging_steps,
-        disable_tqdm=log is None,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        remove_unused_columns=False,
-        **opts.extra_training_args,
-    )
-    callbacks = []
-    try:  # exact weight decay for the dropped rows (another module; absent in older trees)
-        from vocabprune.trainer import VocabPruneCallback
-
-        callbacks.append(VocabPruneCallback())
-    except ImportError:  # pragma: no cover
-        pass
-    trainer = Trainer(
-        model=model,
-        args=targs,
-        train_dataset=_Rows(input_ids, train_rows),
-        data_collator=collator,
-        callbacks=callbacks,
-    )
-    t0 = time.perf_counter()
-    train_output = trainer.train()
-    train_seconds = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    decay_factor = None
-    if opts.prune:
-        state = get_state(model)
-        decay_factor = dict(getattr(state, "dropped_scale", None) or {}) or None
-        restore(model)
-    restore_seconds = time.perf_counter() - t0
+    decay_factor, restore_seconds = training.restore_trained(model, opts.prune)
     del trainer
-    _rmtree(scratch)
+    training.rmtree(scratch, check=False)
 
     # Held-out loss of the model we write: restored, full softmax, original ids.
     eval_loss = eval_perplexity = None
@@ -319,40 +248,31 @@ def run_lm_finetune(opts: Any, *, log: Any = None) -> dict[str, Any]:
             eval_loss = total / count
             eval_perplexity = math.exp(eval_loss)
 
-    report = {
-        "task": task,
-        "model": model_path,
-        "data": data_paths,
-        "pruned": opts.prune,
-        "kept_tokens": kept.size,
-        "vocab_size": vocab_size,
-        "trainable_params": trainable,
-        "full_trainable_params": full_trainable,
-        "train_examples": len(train_rows),
-        "eval_examples": len(eval_rows),
-        "steps": int(train_output.global_step),
-        "train_loss": float(train_output.training_loss),
-        "eval_loss": eval_loss,
-        "eval_perplexity": eval_perplexity,
-        "eval_accuracy": None,
-        "train_seconds": round(train_seconds, 3),
-        "prepare_seconds": round(prepare_seconds, 4),
-        "restore_seconds": round(restore_seconds, 4),
-        "dropped_decay_factor": decay_factor,
-        "device": str(next(model.parameters()).device),
-        "torch": torch.__version__,
-        "out": str(out),
-    }
-    with atomic_dir(out, overwrite=opts.overwrite) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        kept.save(tmp / "kept_vocab.json")
-        (tmp / "vocabprune_run.json").write_text(json.dumps(report, indent=2))
+    report = training.build_report(
+        head={"task": task},
+        model_path=model_path,
+        data_paths=data_paths,
+        pruned=opts.prune,
+        kept=kept,
+        vocab_size=vocab_size,
+        trainable=trainable,
+        full_trainable=full_trainable,
+        train_examples=len(train_rows),
+        eval_examples=len(eval_rows),
+        train_output=train_output,
+        metrics={
+            "eval_loss": eval_loss,
+            "eval_perplexity": eval_perplexity,
+            "eval_accuracy": None,
+        },
+        train_seconds=train_seconds,
+        prepare_seconds=prepare_seconds,
+        restore_seconds=restore_seconds,
+        tail={"dropped_decay_factor": decay_factor, "device": training.device_of(model)},
+        out=out,
+    )
+    training.save_run(
+        out, overwrite=opts.overwrite, model=model, tokenizer=tokenizer, kept=kept, report=report
+    )
     report["eval_predictions"] = []
     return report
-
-
-def _rmtree(path: str) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
