@@ -15,8 +15,9 @@ from vocabprune.errors import (
     UnsupportedModelError,
     VocabPruneError,
 )
-from vocabprune.lazy_load import load_pruned
 from vocabprune.generation import generate
+from vocabprune.inference import load_compact
+from vocabprune.lazy_load import load_pruned
 from vocabprune.prune import prune, pruned
 from vocabprune.remap import IdRemapper, RemapCollator, remap_dataset
 from vocabprune.restore import restore
@@ -42,6 +43,7 @@ __all__ = [
     "generate",
     "get_state",
     "is_pruned",
+    "load_compact",
     "load_pruned",
     "prune",
     "pruned",
