@@ -25,10 +25,10 @@ import torch
 from torch import nn
 
 from vocabprune.errors import UnsupportedModelError, VocabPruneError
-from vocabprune.prune import _owners, _vocab_tensors, input_embedding
+from vocabprune.prune import _owners, _vocab_tensors, config_id_changes, input_embedding
 from vocabprune.rowstore import CheckpointRows, _candidate_keys, checkpoint_files
 from vocabprune.state import AttrChange, PrunedState, PrunedTensor, attach
-from vocabprune.vocab import CONFIG_ID_ATTRS, KeptVocab
+from vocabprune.vocab import KeptVocab
 
 ST_DTYPES = {
     "F64": torch.float64,
@@ -202,23 +202,6 @@ def _sliced_loading(plan: dict[str, int], ids: np.ndarray) -> Iterator[None]:
             mu.safe_open = original
 
 
-def _remapped(kept: KeptVocab, value: Any, where: str) -> Any:
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, int):
-        if value < 0:
-            return value
-        if value not in kept:
-            raise VocabPruneError(
-                f"{where} = {value} is not in the kept vocabulary; build the kept vocabulary "
-                "with model=... so config ids are always kept"
-            )
-        return kept.new_id(value)
-    if isinstance(value, (list, tuple)):
-        return type(value)(_remapped(kept, v, where) for v in value)
-    return value
-
-
 def load_pruned(
     auto_class: Any,
     path: str | os.PathLike[str],
@@ -263,12 +246,7 @@ def load_pruned(
 
     # Build at the kept size, with config ids already following the map (as prune leaves them).
     config_changes: list[AttrChange] = [AttrChange(config, "vocab_size", full, kept.size)]
-    for attr in CONFIG_ID_ATTRS:
-        old = getattr(config, attr, None)
-        if old is not None:
-            new = _remapped(kept, old, f"config.{attr}")
-            if new != old:
-                config_changes.append(AttrChange(config, attr, old, new))
+    config_changes += config_id_changes(config, kept, "config")
     for change in config_changes:
         change.apply()
     try:
@@ -283,14 +261,9 @@ def load_pruned(
     config_changes = [AttrChange(model.config, c.attr, c.old, c.new) for c in config_changes]
     gen = getattr(model, "generation_config", None)
     if gen is not None:
-        for attr in CONFIG_ID_ATTRS:
-            old = getattr(gen, attr, None)
-            if old is not None:
-                new = _remapped(kept, old, f"generation_config.{attr}")
-                if new != old:
-                    change = AttrChange(gen, attr, old, new)
-                    change.apply()
-                    config_changes.append(change)
+        for change in config_id_changes(gen, kept, "generation_config"):
+            change.apply()
+            config_changes.append(change)
     _attach_state(model, kept, config_changes, folder)
     return model
 

@@ -152,13 +152,20 @@ def _config_changes(model: nn.Module, kept: KeptVocab, resize_vocab: bool) -> li
             continue
         if resize_vocab and getattr(cfg, "vocab_size", None) == kept.vocab_size:
             changes.append(AttrChange(cfg, "vocab_size", kept.vocab_size, kept.size))
-        for attr in CONFIG_ID_ATTRS:
-            old = getattr(cfg, attr, None)
-            if old is None:
-                continue
-            new = _remap_id(kept, old, f"{label}.{attr}")
-            if new != old:
-                changes.append(AttrChange(cfg, attr, old, new))
+        changes.extend(config_id_changes(cfg, kept, label))
+    return changes
+
+
+def config_id_changes(cfg: Any, kept: KeptVocab, label: str) -> list[AttrChange]:
+    """The token-id attributes of a config (pad, bos, eos, ...) moved to their kept ids."""
+    changes = []
+    for attr in CONFIG_ID_ATTRS:
+        old = getattr(cfg, attr, None)
+        if old is None:
+            continue
+        new = _remap_id(kept, old, f"{label}.{attr}")
+        if new != old:
+            changes.append(AttrChange(cfg, attr, old, new))
     return changes
 
 
