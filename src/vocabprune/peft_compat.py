@@ -90,11 +90,4 @@ def resolve_owners(model: nn.Module, state: PrunedState) -> list[WrappedCopy]:
 
 def expand_copy(copy: WrappedCopy, state: PrunedState, dropped_scale: float | None) -> torch.Tensor:
     """The full tensor for a PEFT copy: the original dropped rows with the copy's kept rows."""
-    live = getattr(copy.module, copy.attr).detach()
-    tensor = copy.tensor
-    scale = state.dropped_scale.get(tensor.name) if dropped_scale is None else dropped_scale
-    full = tensor.store.full().to(device=live.device, dtype=live.dtype)
-    if scale is not None and scale != 1.0:
-        full.mul_(scale)
-    full.index_copy_(tensor.axis, state.index(live.device), live)
-    return full
+    return state.expand(copy.tensor, dropped_scale, live=getattr(copy.module, copy.attr))

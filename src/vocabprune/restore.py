@@ -29,10 +29,7 @@ def restore(model: nn.Module, *, dropped_scale: float | None = None) -> nn.Modul
     copies = resolve_owners(owner, state)  # PEFT: unloaded or wrapped (modules_to_save) owners
     expanded = []
     for tensor in state.tensors:
-        live = tensor.live()
-        scale = state.dropped_scale.get(tensor.name) if dropped_scale is None else dropped_scale
-        full = tensor.expanded(state.index(live.device), scale=scale)
-        expanded.append((tensor, full, live.requires_grad))
+        expanded.append((tensor, state.expand(tensor, dropped_scale), tensor.live().requires_grad))
     copy_full = [(c, expand_copy(c, state, dropped_scale)) for c in copies]
     # Every read succeeded: only now change the model.
     for tensor, full, requires_grad in expanded:

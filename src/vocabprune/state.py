@@ -47,9 +47,12 @@ class PrunedTensor:
             else:
                 module._buffers[attr] = value
 
-    def expanded(self, index: torch.Tensor, scale: float | None = None) -> torch.Tensor:
-        """The full tensor: original rows (optionally scaled) with the live kept rows written in."""
-        live = self.live().detach()
+    def expanded(
+        self, index: torch.Tensor, scale: float | None = None, live: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The full tensor: original rows (optionally scaled) with the kept rows written in, from
+        the live tensor or from `live` (a trained copy of it, e.g. inside a PEFT wrapper)."""
+        live = (self.live() if live is None else live).detach()
         full = self.store.full().to(device=live.device, dtype=live.dtype)
         if scale is not None and scale != 1.0:
             full.mul_(scale)
@@ -96,6 +99,18 @@ class PrunedState:
         if dev not in self._index:
             self._index[dev] = torch.as_tensor(self.kept.kept_ids, dtype=torch.long, device=dev)
         return self._index[dev]
+
+    def expand(
+        self,
+        tensor: PrunedTensor,
+        dropped_scale: float | None = None,
+        live: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`tensor` at full size; dropped rows scaled by `dropped_scale`, else by the tracked
+        weight-decay factor."""
+        kept_rows = tensor.live() if live is None else live
+        scale = self.dropped_scale.get(tensor.name) if dropped_scale is None else dropped_scale
+        return tensor.expanded(self.index(kept_rows.device), scale=scale, live=kept_rows)
 
     @contextlib.contextmanager
     def full_config(self) -> Iterator[None]:
@@ -154,8 +169,7 @@ def _state_dict_post_hook(
         present = [k for k in keys if k in state_dict]
         if not present:
             continue
-        live = tensor.live()
-        full = tensor.expanded(state.index(live.device), scale=state.dropped_scale.get(tensor.name))
+        full = state.expand(tensor)
         for key in present:
             state_dict[key] = full  # one tensor for all tied keys, so savers see the tie
 
