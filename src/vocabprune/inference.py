@@ -166,7 +166,7 @@ class InferenceAdapter:
         self._remapper = IdRemapper(
             kept, tokenizer=tokenizer, unknown="unk" if unknown == "unk" else "error"
         )
-        self._table = torch.as_tensor(self._remapper._table_np.copy())
+        self._table = torch.as_tensor(self._remapper.table)
         self._back = torch.as_tensor(kept.kept_ids.copy())
         self._cache: dict[tuple[str, torch.device], torch.Tensor] = {}
         self.grown = 0
@@ -202,14 +202,14 @@ class InferenceAdapter:
             return ids
         ids64 = ids.long()
         if bool((ids64 >= self.kept.vocab_size).any()):
-            self._remapper._fail(ids64[ids64 >= self.kept.vocab_size].cpu().numpy())
+            self._remapper.raise_unknown(ids64[ids64 >= self.kept.vocab_size].cpu().numpy())
         table = self._on("table", ids64.device)
         new = table[ids64.clamp(min=0)]
         missing = (new < 0) & (ids64 >= 0)
         if bool(missing.any()):
             old = ids64[missing].unique().cpu()
             if self.unknown != "grow":
-                self._remapper._fail(old.numpy())
+                self._remapper.raise_unknown(old.numpy())
             self.grow(old.tolist())
             new = self._on("table", ids64.device)[ids64.clamp(min=0)]
         return torch.where(ids64 < 0, ids64, new).to(ids.dtype)

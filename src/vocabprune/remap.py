@@ -60,7 +60,13 @@ class IdRemapper:
             self._tables[device] = torch.as_tensor(self._table_np, device=device)
         return self._tables[device]
 
-    def _fail(self, old_ids: np.ndarray) -> None:
+    @property
+    def table(self) -> np.ndarray:
+        """old id -> new id under this remapper's policy (-1 where an id raises); a copy."""
+        return self._table_np.copy()
+
+    def raise_unknown(self, old_ids: np.ndarray) -> None:
+        """Raise UnknownTokenError naming the first of `old_ids` (its token text if known)."""
         bad = int(old_ids[0])
         if bad >= self.kept.vocab_size:
             raise UnknownTokenError(
@@ -99,12 +105,12 @@ class IdRemapper:
         negative = ids64 < 0
         too_big = ids64 >= self.kept.vocab_size
         if bool(too_big.any()):
-            self._fail(ids64[too_big].cpu().numpy())
+            self.raise_unknown(ids64[too_big].cpu().numpy())
         table = self._table(ids64.device)
         new = table[ids64.clamp(min=0)]
         missing = (new < 0) & ~negative
         if bool(missing.any()):
-            self._fail(ids64[missing].unique().cpu().numpy())
+            self.raise_unknown(ids64[missing].unique().cpu().numpy())
         new = torch.where(negative, ids64, new)
         return new.to(ids.dtype)
 
