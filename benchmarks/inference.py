@@ -104,8 +104,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from transformers import AutoConfig, AutoTokenizer
 
-    from vocabprune.export import model_class, model_kwargs
-    from vocabprune.inference import load_compact
+    from vocabprune.core.loaders import model_class, model_kwargs
+    from vocabprune.deploy.compact import load_compact
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -200,7 +200,8 @@ def bench_model(
 ) -> dict[str, Any]:
     import numpy as np
 
-    from vocabprune.export import PruneOptions, run_prune
+    from vocabprune.cli.options import PruneOptions
+    from vocabprune.cli.prune import run_prune
 
     source = Path(model_path(name))
     data = [str(texts_file.with_suffix(".jsonl"))]
@@ -290,9 +291,9 @@ def main(
     out: str | os.PathLike[str] = DEFAULT_OUT,
 ) -> dict[str, Any]:
     """Run the benchmark; write and return the results."""
-    from vocabprune.atomic import atomic_file
+    from vocabprune.core.files import atomic_file
+    from vocabprune.data.sources import read_labelled_folder
     from vocabprune.fixtures import bbc_news_dir
-    from vocabprune.sources import read_labelled_folder
 
     started = time.perf_counter()
     texts = read_labelled_folder(bbc_news_dir())["text"]

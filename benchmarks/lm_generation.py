@@ -33,8 +33,8 @@ def main(prompts: int = PROMPTS, new_tokens: int = NEW_TOKENS) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import vocabprune as vp
+    from vocabprune.data.sources import read_labelled_folder
     from vocabprune.fixtures import bbc_news_dir, smollm2_path
-    from vocabprune.sources import read_labelled_folder
 
     path = smollm2_path()
     tokenizer = AutoTokenizer.from_pretrained(path)

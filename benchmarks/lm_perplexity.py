@@ -33,7 +33,7 @@ SEED = 0
 
 
 def _batches(ids: list[list[int]], pad_id: int, size: int) -> list[dict[str, torch.Tensor]]:
-    from vocabprune.lm import CausalLMCollator
+    from vocabprune.train.collators import CausalLMCollator
 
     collate = CausalLMCollator(pad_id)
     return [
@@ -71,8 +71,8 @@ def main(steps: int = STEPS, n_eval: int = N_EVAL) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import vocabprune as vp
+    from vocabprune.data.sources import read_labelled_folder
     from vocabprune.fixtures import bbc_news_dir, smollm2_path
-    from vocabprune.sources import read_labelled_folder
 
     torch.manual_seed(SEED)
     path = smollm2_path()

@@ -43,8 +43,8 @@ def peak_rss_bytes() -> int:
 
 
 def bbc_texts() -> list[str]:
+    from vocabprune.data.sources import read_labelled_folder
     from vocabprune.fixtures import bbc_news_dir
-    from vocabprune.sources import read_labelled_folder
 
     return list(read_labelled_folder(bbc_news_dir())["text"])
 

@@ -227,7 +227,7 @@ def accounting(model_path: Path, kept: int) -> dict[str, Any]:
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from vocabprune.accounting import budget
+    from vocabprune.data.accounting import budget
 
     config = AutoConfig.from_pretrained(model_path, num_labels=5)
     with torch.device("meta"):

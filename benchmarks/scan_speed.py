@@ -42,7 +42,7 @@ def _best(fn, repeat: int = REPEAT) -> float:
 
 
 def count_ids_speed() -> dict:
-    from vocabprune.scan import count_token_ids
+    from vocabprune.data.scan import count_token_ids
 
     rng = np.random.default_rng(0)
     flat = rng.integers(0, VOCAB, TOKENS, dtype=np.int64)
@@ -68,9 +68,9 @@ def count_ids_speed() -> dict:
 def tokenize_speed() -> dict:
     from transformers import AutoTokenizer
 
+    from vocabprune.data.scan import DEFAULT_BATCH, _backend_encoder, _batches, count_texts
+    from vocabprune.data.sources import read_labelled_folder
     from vocabprune.fixtures import bbc_news_dir, minilm_path
-    from vocabprune.scan import DEFAULT_BATCH, _backend_encoder, _batches, count_texts
-    from vocabprune.sources import read_labelled_folder
 
     tok = AutoTokenizer.from_pretrained(minilm_path())
     texts = list(read_labelled_folder(bbc_news_dir())["text"])

@@ -155,8 +155,8 @@ def make_batches(
 
 
 def bbc_news() -> tuple[list[str], list[int]]:
+    from vocabprune.data.sources import read_labelled_folder
     from vocabprune.fixtures import bbc_news_dir
-    from vocabprune.sources import read_labelled_folder
 
     cols = read_labelled_folder(bbc_news_dir())
     names = sorted(set(cols["label"]))

@@ -33,6 +33,6 @@ def bbc_dir():
 
 @pytest.fixture(scope="session")
 def bbc_texts(bbc_dir):
-    from vocabprune.sources import read_labelled_folder
+    from vocabprune.data.sources import read_labelled_folder
 
     return read_labelled_folder(bbc_dir)

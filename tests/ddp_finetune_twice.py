@@ -9,8 +9,8 @@ import sys
 import numpy as np
 
 import vocabprune as vp
-from vocabprune import distributed as vpd
-from vocabprune.cli import main
+from vocabprune.cli.main import main
+from vocabprune.train import distributed as vpd
 
 
 def different_data() -> dict:

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from vocabprune.cli import main
+from vocabprune.cli.main import main
 
 WD_ARGS = ["--weight-decay", "0.1", "--lr", "1e-3", "--max-steps", "4", "--batch-size", "8"]
 WD_ARGS += ["--max-length", "32", "--eval-fraction", "0", "--seed", "5", "--limit", "48"]
@@ -28,7 +28,7 @@ def weight_decay_runs(bbc_dir: str) -> Path:
     # 2,225 (--limit 48 picks the same 48 of them in every run).
     import numpy as np
 
-    from vocabprune.sources import read_labelled_folder
+    from vocabprune.data.sources import read_labelled_folder
 
     columns = read_labelled_folder(Path(bbc_dir))
     rows = np.random.default_rng(0).permutation(len(columns["text"]))[:96]

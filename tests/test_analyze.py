@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from vocabprune.accounting import BYTES_PER_PARAM, ParamBudget
-from vocabprune.cli import main
-from vocabprune.growth import (
+from vocabprune.cli.main import main
+from vocabprune.data.accounting import BYTES_PER_PARAM, ParamBudget
+from vocabprune.data.growth import (
     coverage_levels,
     growth_curve,
     growth_report,

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from vocabprune.cli import main
+from vocabprune.cli.main import main
 
 
 def _run(capsys, *argv):
@@ -95,7 +95,7 @@ def test_finetune_json_through_the_real_entry_point(tmp_path):
         [
             sys.executable,
             "-m",
-            "vocabprune.cli",
+            "vocabprune",
             "finetune",
             "--data",
             str(data),

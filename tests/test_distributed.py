@@ -16,7 +16,6 @@ import pytest
 from safetensors.torch import load_file
 
 import vocabprune as vp
-from vocabprune.distributed import kept_digest
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent))
 WORD_KEY = "bert.embeddings.word_embeddings.weight"
@@ -80,7 +79,7 @@ def test_every_rank_reports_the_same_kept_vocabulary(ddp_runs):
     root, reports = ddp_runs
     digests = reports["pruned"]["rank_kept_digests"]
     kept = vp.KeptVocab.load(root / "pruned")
-    assert len(digests) == 2 and set(digests) == {kept_digest(kept)}
+    assert len(digests) == 2 and set(digests) == {kept.digest}
     assert reports["pruned"]["kept_tokens"] == kept.size < 30522
     # The full model was written once, by rank 0: one folder, no leftovers beside it.
     leftovers = [p.name for p in root.iterdir() if p.name.startswith(".")]

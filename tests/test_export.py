@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vocabprune.cli import main
-from vocabprune.errors import MismatchError, VocabPruneError
-from vocabprune.export import PruneOptions, run_prune
-from vocabprune.inference import load_compact
-from vocabprune.tokenizer_rewrite import (
+from vocabprune.cli.main import main
+from vocabprune.cli.options import PruneOptions
+from vocabprune.cli.prune import run_prune
+from vocabprune.core.errors import MismatchError, VocabPruneError
+from vocabprune.deploy.compact import load_compact
+from vocabprune.deploy.tokenizer_rewrite import (
     merge_closure,
     required_ids,
     rewrite_tokenizer_json,
@@ -328,7 +329,7 @@ def test_error_exit_for_missing_model(tmp_path, capsys):
 
 
 def test_failure_during_write_keeps_previous_export(tmp_path, export_dir, monkeypatch):
-    import vocabprune.export as export
+    import vocabprune.deploy.export as export
 
     folder = _copy(export_dir, tmp_path / "prev")
     before = {p.name: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
@@ -347,8 +348,8 @@ def test_failure_during_write_keeps_previous_export(tmp_path, export_dir, monkey
 def _model_and_kept():
     from transformers import AutoModel, AutoTokenizer
 
+    from vocabprune.data.scan import build_kept_vocab
     from vocabprune.fixtures import minilm_path
-    from vocabprune.scan import build_kept_vocab
 
     tok = AutoTokenizer.from_pretrained(minilm_path())
     model = AutoModel.from_pretrained(minilm_path())
@@ -366,7 +367,7 @@ KILL_WRITER = textwrap.dedent(
         os.kill(os.getpid(), signal.SIGKILL)
 
     mu.safe_save_file = killer
-    from vocabprune.cli import main
+    from vocabprune.cli.main import main
     sys.exit(main(sys.argv[1:]))
     """
 )

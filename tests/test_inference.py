@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
-from vocabprune.errors import MismatchError, UnknownTokenError, VocabPruneError
-from vocabprune.export import PruneOptions, run_prune
-from vocabprune.inference import compact_pipeline, get_adapter, load_compact
+from vocabprune.cli.options import PruneOptions
+from vocabprune.cli.prune import run_prune
+from vocabprune.core.errors import MismatchError, UnknownTokenError, VocabPruneError
+from vocabprune.deploy.compact import compact_pipeline, get_adapter, load_compact
 
 UNSEEN = "Zygote quokka xylophone ptarmigan: the narwhal's kumquat flambé, 1848."
 

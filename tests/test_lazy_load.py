@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import vocabprune as vp
-from vocabprune import lazy_load
-from vocabprune.lazy_load import load_pruned, read_rows
+from vocabprune.core import checkpoint
+from vocabprune.core.checkpoint import read_rows
+from vocabprune.core.load_pruned import load_pruned
 
 
 def _kept(tokenizer, texts, model_path, max_length=64):
@@ -113,7 +114,7 @@ def test_read_rows_reads_only_kept_rows(tmp_path, monkeypatch):
         read.append(sum(len(b) for b in buffers))
         return real(fd, buffers, offset)
 
-    monkeypatch.setattr(lazy_load.os, "preadv", spy)
+    monkeypatch.setattr(checkpoint.os, "preadv", spy)
     rows = read_rows(tmp_path / "x.safetensors", "m", ids)
     assert torch.equal(rows, matrix[ids])
     assert sum(read) == len(ids) * 12 * 4  # only the kept rows' bytes, in 4 runs
@@ -132,7 +133,7 @@ def test_only_kept_rows_are_read(minilm_dir, minilm_tokenizer, monkeypatch):
         read.append(sum(len(b) for b in buffers))
         return real(fd, buffers, offset)
 
-    monkeypatch.setattr(lazy_load.os, "preadv", spy)
+    monkeypatch.setattr(checkpoint.os, "preadv", spy)
     model = load_pruned(AutoModelForSequenceClassification, minilm_dir, kept, num_labels=2)
     assert sum(read) == kept.size * 384 * 4  # the kept rows of the embedding, nothing else
     assert model.get_input_embeddings().weight.shape == (kept.size, 384)

@@ -32,7 +32,7 @@ from transformers import (
 
 import vocabprune as vp
 from vocabprune import KeptVocab, RemapCollator, UnsupportedModelError, VocabPruneError
-from vocabprune.vocab import CONFIG_ID_ATTRS
+from vocabprune.core.vocab import CONFIG_ID_ATTRS
 
 V = 300
 H = 32
@@ -662,7 +662,7 @@ def test_padded_vocabulary_generates_text_the_tokenizer_decodes(bbc_texts):
 
 
 def test_masked_lm_collator_draws_kept_ids(minilm_tokenizer):
-    from vocabprune.lm import MaskedLMCollator
+    from vocabprune.train.collators import MaskedLMCollator
 
     tok = minilm_tokenizer
     ids = tok(["the quick brown fox jumps over the lazy dog " * 6], truncation=True)["input_ids"]
@@ -692,7 +692,7 @@ def test_cli_masked_lm_on_minilm(tmp_path, minilm_dir):
 
     from transformers import AutoModelForMaskedLM
 
-    from vocabprune.cli import main
+    from vocabprune.cli.main import main
 
     out = tmp_path / "mlm"
     argv = ["finetune", "--task", "masked-lm", "--out", str(out), "--limit", "12"]

@@ -17,7 +17,8 @@ from transformers import (
 )
 
 import vocabprune as vp
-from vocabprune.finetune import FinetuneOptions, run_finetune
+from vocabprune.cli.finetune import run_finetune
+from vocabprune.cli.options import FinetuneOptions
 
 WORD_KEY = "bert.embeddings.word_embeddings.weight"
 

@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 from transformers import BertConfig, BertForSequenceClassification
 
 import vocabprune as vp
-from vocabprune.cli import main
-from vocabprune.errors import MismatchError
-from vocabprune.trainer import CHECKPOINT_FILE, check_resume, write_checkpoint_record
+from vocabprune.cli.main import main
+from vocabprune.core.errors import MismatchError
+from vocabprune.train.callback import CHECKPOINT_FILE, check_resume, write_checkpoint_record
 
 WORD_KEY = "bert.embeddings.word_embeddings.weight"
 

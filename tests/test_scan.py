@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import vocabprune as vp
-from vocabprune.errors import ScanError
+from vocabprune.core.errors import ScanError
 
 
 def _reference(tokenizer, texts, pairs=None, max_length=None):

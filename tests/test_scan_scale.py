@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import vocabprune as vp
-from vocabprune.scan import _backend_encoder, count_texts
+from vocabprune.data.scan import _backend_encoder, count_texts
 
 
 def _reference(tokenizer, texts, pairs=None, max_length=None):

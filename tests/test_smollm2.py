@@ -84,7 +84,7 @@ def test_prune_generate_restore(folder, tokenizer, bbc_texts):
 def test_cli_causal_lm_writes_a_restored_model(folder, tmp_path, tokenizer):
     from transformers import AutoModelForCausalLM
 
-    from vocabprune.cli import main
+    from vocabprune.cli.main import main
 
     out = tmp_path / "lm"
     argv = [

@@ -22,7 +22,7 @@ from vocabprune import (
     UnsupportedModelError,
     VocabPruneError,
 )
-from vocabprune.vocab import CONFIG_ID_ATTRS
+from vocabprune.core.vocab import CONFIG_ID_ATTRS
 
 CASES = [pytest.param(f, h, id=f"{f}-{h}") for f in FAMILIES for h in HEADS]
 FAMILY_CASES = [pytest.param(f, id=f) for f in FAMILIES]
@@ -546,7 +546,7 @@ def test_prune_restore_of_a_checkpoint_loaded_model(family, head, tmp_path):
 def test_save_while_pruned_into_the_source_folder(family, tmp_path):
     """Saving over the checkpoint that holds the original rows moves them out first, so restore
     still applies the tracked weight decay once (not twice)."""
-    from vocabprune.decay import track_weight_decay
+    from vocabprune.train.decay import track_weight_decay
 
     tm = build(family, "mlm", seed=seed_of(family, "src"))
     tm.model.save_pretrained(tmp_path)

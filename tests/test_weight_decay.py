@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import BertConfig, BertForSequenceClassification
 
 import vocabprune as vp
-from vocabprune.decay import InexactDecayWarning, track_weight_decay
+from vocabprune.train.decay import InexactDecayWarning, track_weight_decay
 
 WORD_KEY = "bert.embeddings.word_embeddings.weight"
 

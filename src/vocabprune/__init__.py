@@ -7,25 +7,43 @@ collator = vocabprune.RemapCollator(DataCollatorWithPadding(tokenizer), kept)
 vocabprune.restore(model)                      # an ordinary full model again
 """
 
-from vocabprune.decay import track_weight_decay
-from vocabprune.errors import (
+from typing import Any
+
+from vocabprune.core.errors import (
     MismatchError,
     ScanError,
     UnknownTokenError,
     UnsupportedModelError,
     VocabPruneError,
 )
-from vocabprune.generation import generate
-from vocabprune.inference import load_compact
-from vocabprune.lazy_load import load_pruned
-from vocabprune.prune import prune, pruned
-from vocabprune.remap import IdRemapper, RemapCollator, remap_dataset
-from vocabprune.restore import restore
-from vocabprune.scan import ScanResult, build_kept_vocab, count_texts, count_token_ids, scan
-from vocabprune.state import get_state, is_pruned
-from vocabprune.vocab import KeptVocab
+from vocabprune.core.ids import IdRemapper
+from vocabprune.core.load_pruned import load_pruned
+from vocabprune.core.prune import prune, pruned
+from vocabprune.core.remap import RemapCollator, remap_dataset
+from vocabprune.core.restore import restore
+from vocabprune.core.state import get_state, is_pruned
+from vocabprune.core.vocab import KeptVocab
+from vocabprune.data.scan import ScanResult, build_kept_vocab, count_texts, count_token_ids, scan
+from vocabprune.deploy.compact import compact_pipeline, load_compact
+from vocabprune.train.decay import track_weight_decay
+from vocabprune.train.generation import generate
 
 __version__ = "0.1.0"
+
+# Imported on first use: they pull in transformers' Trainer.
+_LAZY = {
+    "VocabPruneCallback": "vocabprune.train.callback",
+    "check_resume": "vocabprune.train.callback",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'vocabprune' has no attribute {name!r}")
+
 
 __all__ = [
     "IdRemapper",
@@ -36,8 +54,11 @@ __all__ = [
     "ScanResult",
     "UnknownTokenError",
     "UnsupportedModelError",
+    "VocabPruneCallback",
     "VocabPruneError",
     "build_kept_vocab",
+    "check_resume",
+    "compact_pipeline",
     "count_texts",
     "count_token_ids",
     "generate",

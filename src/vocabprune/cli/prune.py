@@ -1,0 +1,232 @@
+"""`vocabprune prune`: scan the data, keep its ids, and write a compact (or standalone) inference
+model. Lossy vocabularies (--min-count, --target-size) keep the most frequent ids first; a
+standalone export also keeps what its rewritten tokenizer needs and is checked against the
+original tokenizer on the whole corpus before it is written."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vocabprune.cli.defaults import default_data, default_model
+from vocabprune.cli.options import PruneOptions
+from vocabprune.core.checkpoint import checkpoint_files
+from vocabprune.core.errors import VocabPruneError
+from vocabprune.core.loaders import (
+    load_config,
+    load_model,
+    load_tokenizer,
+    model_class,
+    model_kwargs,
+)
+from vocabprune.core.vocab import KeptVocab, special_ids
+from vocabprune.data.scan import bincount_ids
+from vocabprune.data.sources import Examples, read_examples
+from vocabprune.deploy.export import export_pruned, folder_bytes, verify_standalone_tokenizer
+from vocabprune.deploy.selection import boundary_ids, encode, select_lossy
+from vocabprune.deploy.tokenizer_rewrite import MergeClosure, required_ids, tokenizer_json
+
+
+def _check(opts: PruneOptions) -> Path:
+    if opts.min_count < 1:
+        raise VocabPruneError("--min-count must be at least 1")
+    if opts.target_size is not None and opts.target_size < 1:
+        raise VocabPruneError("--target-size must be at least 1")
+    if opts.max_length is not None and opts.max_length < 2:
+        raise VocabPruneError("--max-length must be at least 2")
+    out = Path(opts.out)
+    if out.exists() and not opts.overwrite:
+        raise FileExistsError(f"output folder already exists: {out} (use --overwrite)")
+    return out
+
+
+@dataclass
+class Scanned:
+    """The corpus as the model sees it, and what it counts."""
+
+    corpus: Examples
+    batches: list[Any]  # BatchEncodings (whole-word standalone exports) or lists of ids
+    encoded: list[list[int]]
+    counts: np.ndarray
+
+    @property
+    def used(self) -> set[int]:
+        return set(np.flatnonzero(self.counts).tolist())
+
+
+def _scan(opts: PruneOptions, tokenizer: Any, corpus: Examples, rows: int, words: bool) -> Scanned:
+    batches = encode(tokenizer, corpus, opts.max_length, words=words)
+    encoded = [ids for b in batches for ids in b["input_ids"]] if words else batches
+    counts = np.zeros(rows, dtype=np.int64)
+    for ids in encoded:
+        counts += bincount_ids(np.asarray(ids, dtype=np.int64), rows, source="data")
+    return Scanned(corpus, batches, encoded, counts)
+
+
+def _lossy_ids(opts: PruneOptions, scanned: Scanned, forced: set[int], data: Any) -> np.ndarray:
+    """The ids a lossy vocabulary keeps (with what a standalone tokenizer's merges need)."""
+    if data is not None:
+        forced = forced | required_ids(data, forced)
+        closure: Callable[[set[int], set[int] | None], set[int]] = MergeClosure(data)
+    else:
+
+        def closure(ids: set[int], within: set[int] | None) -> set[int]:
+            return set(ids) | set(within or ())
+
+    return select_lossy(
+        scanned.counts,
+        forced,
+        min_count=opts.min_count,
+        target_size=opts.target_size,
+        closure=closure,
+    )
+
+
+def _choose(
+    opts: PruneOptions, tokenizer: Any, model: Any, scanned: Scanned, data: Any
+) -> tuple[KeptVocab, set[int]]:
+    """(the kept vocabulary, the ids kept beyond the data's: boundary or lossy extras)."""
+    rows = int(scanned.counts.size)
+    forced = set(special_ids(tokenizer, model))
+    if opts.min_count > 1 or opts.target_size is not None:
+        kept_ids = _lossy_ids(opts, scanned, forced, data)
+        keep = np.zeros(rows, dtype=bool)
+        keep[kept_ids] = True
+        kept = KeptVocab.from_counts(
+            np.where(keep, scanned.counts, 0),
+            tokenizer=tokenizer,
+            model=model,
+            extra_ids=sorted(set(kept_ids.tolist())),
+            vocab_size=rows,
+        )
+        return kept, set(kept_ids.tolist()) - scanned.used - forced
+    extra: set[int] = set()
+    if data is not None and opts.max_length:  # whole words: see deploy.selection.boundary_ids
+        extra = boundary_ids(tokenizer, scanned.corpus, opts.max_length, scanned.batches)
+        extra -= scanned.used
+    kept = KeptVocab.from_counts(
+        scanned.counts, tokenizer=tokenizer, model=model, extra_ids=sorted(extra), vocab_size=rows
+    )
+    return kept, extra
+
+
+def _unknown_policy(opts: PruneOptions, tokenizer: Any, dropped: int, standalone: bool) -> str:
+    lossy = opts.min_count > 1 or opts.target_size is not None
+    unknown = opts.unknown or ("unk" if lossy else "error")
+    if dropped and not standalone and unknown == "error":
+        raise VocabPruneError(
+            f"the lossy vocabulary drops {dropped:,} tokens of the data: export with "
+            "--unknown unk (or --standalone)"
+        )
+    if unknown == "unk" and not standalone and getattr(tokenizer, "unk_token_id", None) is None:
+        raise VocabPruneError(
+            "--unknown unk needs an UNK token and this tokenizer has none; use --standalone "
+            "(dropped tokens then split into smaller kept pieces) or --unknown grow"
+        )
+    return unknown
+
+
+def _report(
+    opts: PruneOptions,
+    model_path: str,
+    folder: Path,
+    kept: tuple[KeptVocab, KeptVocab],
+    scanned: Scanned,
+) -> dict[str, Any]:
+    """The report: `kept` is (chosen, written: with what a standalone tokenizer added)."""
+    chosen, written = kept
+    counts, lossy = scanned.counts, opts.min_count > 1 or opts.target_size is not None
+    total = int(counts.sum())
+    dropped = int(total - counts[chosen.kept_ids].sum())
+    source_bytes = sum(p.stat().st_size for p in set(checkpoint_files(Path(model_path)).values()))
+    weights_bytes = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    in_data = int(np.count_nonzero(counts))
+    return {
+        "out": str(folder),
+        "model": model_path,
+        "standalone": opts.standalone,
+        "vocab_size": int(counts.size),
+        "kept_tokens": written.size,
+        "ids_in_data": in_data,
+        "forced_ids": len(written.forced_ids),
+        "extra_ids": written.size - int(np.count_nonzero(counts[written.kept_ids])),
+        "tokenizer_required_ids": int(written.meta.get("tokenizer_required_ids", 0)),
+        "examples": len(scanned.corpus),
+        "total_tokens": total,
+        "max_length": opts.max_length,
+        "lossy": lossy,
+        "min_count": opts.min_count,
+        "target_size": opts.target_size,
+        "dropped_ids": in_data - int(np.count_nonzero(counts[chosen.kept_ids])),
+        "dropped_tokens": dropped,
+        "changed_tokens": dropped,
+        "changed_fraction": dropped / total if total else 0.0,
+        "source_weights_bytes": source_bytes,
+        "export_weights_bytes": weights_bytes,
+        "export_bytes": folder_bytes(folder),
+        "weights_saved_fraction": 1 - weights_bytes / source_bytes if source_bytes else None,
+    }
+
+
+def run_prune(opts: PruneOptions, *, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Scan the data, keep its ids, and write the compact (or standalone) inference model."""
+    started = time.perf_counter()
+    say = log or (lambda _msg: None)
+    out = _check(opts)
+    model_path = opts.model or default_model()
+    sources = list(opts.data) or default_data()
+    tokenizer = load_tokenizer(model_path)
+    cls = model_class(load_config(model_path))
+    corpus = read_examples(sources, opts.text_column)
+    say(f"read {len(corpus):,} examples; loading {cls.__name__} from {model_path}")
+    model = load_model(cls, model_path, **model_kwargs(cls, model_path))
+    model.eval()
+    lossy = opts.min_count > 1 or opts.target_size is not None
+    words = opts.standalone and not lossy and bool(opts.max_length)
+    rows = int(model.get_input_embeddings().weight.shape[0])
+    scanned = _scan(opts, tokenizer, corpus, rows, words)
+    data = tokenizer_json(tokenizer) if opts.standalone else None
+    kept, extra = _choose(opts, tokenizer, model, scanned, data)
+    dropped = int(scanned.counts.sum() - scanned.counts[kept.kept_ids].sum())
+    unknown = _unknown_policy(opts, tokenizer, dropped, data is not None)
+    meta = {
+        "max_length": opts.max_length,
+        "data": [str(s) for s in sources],
+        "examples": len(corpus),
+        "total_tokens": int(scanned.counts.sum()),
+        "min_count": opts.min_count,
+        "target_size": opts.target_size,
+        "lossy": lossy,
+    }
+    kept = dataclasses.replace(kept, meta=meta)
+
+    def verify(folder: Path) -> dict[str, Any]:
+        if data is None:
+            return {}
+        return verify_standalone_tokenizer(
+            folder, tokenizer, corpus, scanned.encoded, opts.max_length, lossless=not lossy
+        )
+
+    say(f"writing {'standalone' if opts.standalone else 'compact'} model to {out}")
+    folder, written, checked = export_pruned(
+        model,
+        tokenizer,
+        kept,
+        out,
+        standalone=opts.standalone,
+        overwrite=opts.overwrite,
+        unknown=unknown,
+        meta=meta,
+        verify=verify,
+    )
+    report = _report(opts, model_path, folder, (kept, written), scanned)
+    report.update(tokenizer_size=len(tokenizer), boundary_ids=len(extra) if not lossy else 0)
+    report.update(unknown=unknown)
+    report.update(checked, seconds=round(time.perf_counter() - started, 2))
+    return report

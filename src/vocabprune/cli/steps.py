@@ -1,0 +1,269 @@
+"""The steps every `vocabprune finetune` task shares, in the order of the method: choose the
+vocabulary, prune, train through the stock HF Trainer, restore, report and save.
+
+The task-specific parts (model class, data set, collator, metrics) stay with the task jobs
+(finetune.py for classification, lm.py for masked and causal LM) and are passed in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vocabprune.cli.options import FinetuneOptions
+from vocabprune.core.errors import ScanError, VocabPruneError
+from vocabprune.core.files import atomic_dir
+from vocabprune.core.prune import prune
+from vocabprune.core.remap import RemapCollator
+from vocabprune.core.restore import restore
+from vocabprune.core.state import get_state
+from vocabprune.core.vocab import KeptVocab
+from vocabprune.data.accounting import count_params
+from vocabprune.data.scan import count_token_ids
+
+Say = Callable[[str], Any]
+
+
+def quiet(_msg: str) -> None:
+    return None
+
+
+def check_options(opts: FinetuneOptions) -> Path:
+    """The output folder, after the checks every task makes on the options."""
+    out = Path(opts.out)
+    if out.exists() and not opts.overwrite:
+        raise VocabPruneError(f"output folder already exists: {out} (use --overwrite)")
+    if not 0 <= opts.eval_fraction < 1:
+        raise VocabPruneError(f"--eval-fraction must be in [0, 1), got {opts.eval_fraction}")
+    return out
+
+
+def split_rows(n: int, opts: FinetuneOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded shuffle of n examples, cut to --limit: (order, eval rows, train rows)."""
+    rng = np.random.default_rng(opts.seed)
+    order = rng.permutation(n)
+    if opts.limit:
+        order = order[: opts.limit]
+    n_eval = int(round(len(order) * opts.eval_fraction))
+    eval_rows, train_rows = order[:n_eval], order[n_eval:]
+    if len(train_rows) == 0:
+        raise ScanError("no training examples left after the evaluation split")
+    return order, eval_rows, train_rows
+
+
+def tokenize_kwargs(max_length: int | None) -> dict[str, Any]:
+    return {"truncation": True, "max_length": max_length} if max_length else {}
+
+
+@dataclass
+class Pruning:
+    """What choosing the vocabulary and pruning for training gave."""
+
+    kept: KeptVocab
+    vocab_size: int
+    full_trainable: int
+    trainable: int = 0
+    collator: Any = None
+    prepare_seconds: float = 0.0
+    digests: list[str] = field(default_factory=list)
+
+
+def choose_vocabulary(
+    input_ids: Sequence[Sequence[int]],
+    order: np.ndarray,
+    *,
+    tokenizer: Any,
+    model: Any,
+    meta: dict[str, Any],
+    combine: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> Pruning:
+    """The kept vocabulary: every id the run will see (the rows in `order`, as tokenized)."""
+    vocab_size = int(model.get_input_embeddings().weight.shape[0])
+    seen = [input_ids[int(r)] for r in order]
+    counts = count_token_ids(seen, vocab_size, source="training data")
+    if combine is not None:
+        counts = combine(counts)
+    kept = KeptVocab.from_counts(counts, tokenizer=tokenizer, model=model, meta=meta)
+    return Pruning(kept, vocab_size, count_params(model, trainable_only=True))
+
+
+def prune_for_training(
+    model: Any,
+    pruning: Pruning,
+    collator: Any,
+    *,
+    tokenizer: Any,
+    enabled: bool,
+    say: Say,
+    **remap: Any,
+) -> Pruning:
+    """Prune (when enabled) and wrap the collator in RemapCollator; logs the vocabulary line."""
+    t0 = time.perf_counter()
+    if enabled:
+        prune(model, pruning.kept)
+        collator = RemapCollator(collator, pruning.kept, tokenizer=tokenizer, **remap)
+    pruning.prepare_seconds = time.perf_counter() - t0
+    pruning.collator = collator
+    pruning.trainable = count_params(model, trainable_only=True)
+    kept, size = pruning.kept, pruning.vocab_size
+    say(
+        f"vocabulary: {kept.size:,} of {size:,} ids kept ({kept.size / size:.1%}); "
+        f"trainable parameters {pruning.trainable:,} (full {pruning.full_trainable:,})"
+        + ("" if enabled else " [--no-prune]")
+    )
+    return pruning
+
+
+def make_scratch(out: Path) -> str:
+    """A scratch folder for Trainer's output_dir, beside OUT when its parent exists."""
+    return tempfile.mkdtemp(
+        prefix=".vocabprune-trainer-", dir=out.parent if out.parent.exists() else None
+    )
+
+
+def training_args(opts: FinetuneOptions, output_dir: str, *, log: Any, **task_args: Any) -> Any:
+    """TrainingArguments of every task; task_args and --extra training args are added (a key
+    given twice is an error, as in a plain call)."""
+    import torch
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=output_dir,
+        per_device_train_batch_size=opts.batch_size,
+        num_train_epochs=opts.epochs,
+        max_steps=opts.max_steps,
+        learning_rate=opts.lr,
+        weight_decay=opts.weight_decay,
+        seed=opts.seed,
+        save_strategy="steps" if opts.save_steps else "no",
+        save_steps=opts.save_steps or 500,
+        eval_strategy="no",
+        report_to="none",
+        logging_steps=opts.logging_steps,
+        disable_tqdm=log is None,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        **task_args,
+        **opts.extra_training_args,
+    )
+
+
+def train(
+    model: Any,
+    targs: Any,
+    train_set: Any,
+    collator: Any,
+    *,
+    resume: Path | None = None,
+    say: Say = quiet,
+) -> tuple[Any, Any, float]:
+    """Train through the stock Trainer with VocabPruneCallback (exact weight decay for the
+    dropped rows; vocabprune.json in checkpoints). Returns (trainer, output, seconds)."""
+    from transformers import Trainer
+
+    from vocabprune.train.callback import VocabPruneCallback, check_resume
+
+    trainer = Trainer(
+        model=model,
+        args=targs,
+        train_dataset=train_set,
+        data_collator=collator,
+        callbacks=[VocabPruneCallback()],
+    )
+    if resume is not None:
+        check_resume(model, resume)  # refuses another model / kept vocabulary
+        say(f"resuming from {resume}")
+    t0 = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    return trainer, output, time.perf_counter() - t0
+
+
+def restore_trained(model: Any, pruned: bool) -> tuple[dict[str, Any] | None, float]:
+    """Restore the trained rows into the full matrices (dropped rows get the tracked
+    weight-decay factor). Returns (the decay factors, or None; seconds)."""
+    t0 = time.perf_counter()
+    decay_factor = None
+    if pruned:
+        state = get_state(model)
+        decay_factor = dict(getattr(state, "dropped_scale", None) or {}) or None
+        restore(model)
+    return decay_factor, time.perf_counter() - t0
+
+
+def device_of(model: Any) -> str:
+    return str(next(model.parameters()).device)
+
+
+@dataclass
+class Trained:
+    """What training gave, for the report."""
+
+    output: Any
+    seconds: float
+    restore_seconds: float = 0.0
+    decay_factor: dict[str, Any] | None = None
+
+
+def build_report(
+    opts: FinetuneOptions,
+    *,
+    head: dict[str, Any],
+    paths: tuple[str, list[str]],
+    pruning: Pruning,
+    examples: tuple[int, int],
+    trained: Trained,
+    metrics: dict[str, Any],
+    tail: dict[str, Any],
+    out: Path,
+) -> dict[str, Any]:
+    """The run report; head, metrics and tail are the task's own keys, in that place."""
+    import torch
+
+    return {
+        **head,
+        "model": paths[0],
+        "data": paths[1],
+        "pruned": opts.prune,
+        "kept_tokens": pruning.kept.size,
+        "vocab_size": pruning.vocab_size,
+        "trainable_params": pruning.trainable,
+        "full_trainable_params": pruning.full_trainable,
+        "train_examples": examples[0],
+        "eval_examples": examples[1],
+        "steps": int(trained.output.global_step),
+        "train_loss": float(trained.output.training_loss),
+        **metrics,
+        "train_seconds": round(trained.seconds, 3),
+        "prepare_seconds": round(pruning.prepare_seconds, 4),
+        "restore_seconds": round(trained.restore_seconds, 4),
+        **tail,
+        "torch": torch.__version__,
+        "out": str(out),
+    }
+
+
+def save_run(
+    out: Path, *, overwrite: bool, model: Any, tokenizer: Any, kept: Any, report: dict[str, Any]
+) -> None:
+    """Write the full model, tokenizer, kept_vocab.json and vocabprune_run.json, atomically."""
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        kept.save(tmp / "kept_vocab.json")
+        (tmp / "vocabprune_run.json").write_text(json.dumps(report, indent=2))
+
+
+def rmtree(path: str, *, check: bool = True) -> None:
+    """Remove a scratch folder; with check, fail if it is still there."""
+    shutil.rmtree(path, ignore_errors=True)
+    if check and os.path.exists(path):  # pragma: no cover
+        raise VocabPruneError(f"could not remove scratch folder {path}")

@@ -1,0 +1,193 @@
+"""Load a model already pruned: the dropped embedding rows are never read into memory.
+
+`load_pruned(AutoModelForSequenceClassification, path, kept, num_labels=5)` gives the model that
+`from_pretrained(path, num_labels=5)` + `prune(model, kept)` gives, parameter for parameter, by the
+same surgery plan. The model is built by stock `from_pretrained` from a state dict we read
+ourselves: every tensor as stored, except the vocabulary-indexed matrices, which stand in as
+zero-stride views of their full shape (no memory); the plan then swaps in their kept rows, read
+with positioned reads (`os.preadv`, no memory map: no page of a dropped row is ever read). The
+untouched rows come back from the same checkpoint at `restore`. Nothing in transformers is
+patched, so concurrent loads in other threads are unaffected.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vocabprune.core.checkpoint import (
+    checkpoint_files,
+    read_header,
+    read_rows,
+    read_tensor,
+    stored_keys,
+)
+from vocabprune.core.errors import MismatchError, UnsupportedModelError, VocabPruneError
+from vocabprune.core.rowstore import CheckpointRows, RowStore, find_checkpoint_rows, offload
+from vocabprune.core.state import PrunedTensor
+from vocabprune.core.surgery import perform, plan, vocab_tensors
+from vocabprune.core.vocab import KeptVocab
+
+# from_pretrained arguments that are not config overrides.
+LOADER_KWARGS = (
+    "dtype",
+    "torch_dtype",
+    "attn_implementation",
+    "low_cpu_mem_usage",
+    "ignore_mismatched_sizes",
+    "output_loading_info",
+    "local_files_only",
+    "revision",
+    "subfolder",
+    "cache_dir",
+    "trust_remote_code",
+)
+UNSUPPORTED = ("state_dict", "gguf_file", "device_map", "tp_plan", "quantization_config")
+
+
+def load_pruned(
+    auto_class: Any,
+    path: str | os.PathLike[str],
+    kept: KeptVocab,
+    **kwargs: Any,
+) -> Any:
+    """`auto_class.from_pretrained(path, **kwargs)` then `prune(model, kept)`, without ever
+    holding the dropped rows: only the kept rows of each vocabulary-sized matrix are read.
+
+    Needs a local safetensors checkpoint. Vocabulary-sized output heads are pruned with the input
+    embedding (as `prune(..., output="auto")`); `restore(model)` reads the untouched rows back
+    from the same checkpoint.
+    """
+    folder = Path(path)
+    files = checkpoint_files(folder) if folder.is_dir() else {}
+    if not files:
+        raise VocabPruneError(
+            f"load_pruned needs a local folder with a safetensors checkpoint: {path}"
+        )
+    for bad in UNSUPPORTED:
+        if kwargs.get(bad) is not None:
+            raise UnsupportedModelError(f"load_pruned does not support {bad}=...")
+    config, model_kwargs, loader = _split_kwargs(folder, kwargs)
+    full = int(getattr(config, "vocab_size", 0) or 0)
+    if full != kept.vocab_size:
+        raise MismatchError(
+            f"kept vocabulary covers {kept.vocab_size} ids but {path} has vocab_size {full}"
+        )
+    cls, stand_in = _plan_keys(auto_class, config, model_kwargs, files)
+    state_dict = _state_dict(files, stand_in, _target_dtype(loader, config, files, stand_in))
+    model = cls.from_pretrained(
+        None, config=config, state_dict=state_dict, **model_kwargs, **loader
+    )
+    del state_dict
+    _as_if_from(model, folder)
+    surgery = plan(model, kept, output="auto")
+    prefix = getattr(model, "base_model_prefix", None)
+    resolved = {k for t in surgery.tensors for k in stored_keys(files, t.names, prefix)}
+    if not set(stand_in) <= resolved:  # pragma: no cover - the meta plan and the real one agree
+        raise VocabPruneError(f"{path}: the loaded model does not prune {sorted(stand_in)}")
+
+    def rows(tensor: PrunedTensor, index: torch.Tensor) -> tuple[torch.Tensor, RowStore]:
+        key = next((k for k in stored_keys(files, tensor.names, prefix) if k in stand_in), None)
+        live = tensor.live()
+        if key is not None:
+            store: RowStore = CheckpointRows(files[key], key, live.dtype)
+            return read_rows(files[key], key, kept.kept_ids), store
+        store = find_checkpoint_rows(folder, tensor.names, live, prefix) or offload(live)
+        return live.detach().index_select(tensor.axis, index), store
+
+    perform(surgery, rows)
+    return model
+
+
+def _split_kwargs(folder: Path, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any], dict]:
+    """(config with overrides applied, model __init__ kwargs, loader kwargs)."""
+    from transformers import AutoConfig
+
+    kwargs = dict(kwargs)
+    loader = {k: kwargs.pop(k) for k in LOADER_KWARGS if k in kwargs}
+    loader.pop("trust_remote_code", None)  # never remote code
+    config = kwargs.pop("config", None)
+    if config is not None:
+        return copy.deepcopy(config), kwargs, loader  # the caller's config is left as it was
+    config, rest = AutoConfig.from_pretrained(
+        str(folder), return_unused_kwargs=True, trust_remote_code=False, **kwargs
+    )
+    return config, rest, loader
+
+
+def _plan_keys(
+    auto_class: Any, config: Any, model_kwargs: dict[str, Any], files: dict[str, Path]
+) -> tuple[Any, dict[str, tuple[int, ...]]]:
+    """The concrete model class, and the checkpoint keys of the vocabulary matrices the surgery
+    plan will prune (-> their shape), found by planning on the model built on the meta device."""
+    from transformers import PreTrainedModel
+
+    with torch.device("meta"):
+        if isinstance(auto_class, type) and issubclass(auto_class, PreTrainedModel):
+            meta = auto_class(copy.deepcopy(config), **model_kwargs)
+        else:
+            meta = auto_class.from_config(copy.deepcopy(config), **model_kwargs)
+    prefix = getattr(meta, "base_model_prefix", None)
+    keys: dict[str, tuple[int, ...]] = {}
+    for tensor in vocab_tensors(meta, output="auto"):
+        if tensor.axis != 0 or tensor.live().ndim != 2:
+            continue  # small (a bias): loaded as usual
+        for key in stored_keys(files, tensor.names, prefix):
+            shape = read_header(files[key], complete=False).tensors[key].shape
+            if tuple(shape) == tuple(tensor.live().shape):
+                keys[key] = tuple(shape)
+    return type(meta), keys
+
+
+def _target_dtype(
+    loader: dict[str, Any], config: Any, files: dict[str, Path], stand_in: dict[str, Any]
+) -> torch.dtype | None:
+    """The dtype from_pretrained will give the model (its `dtype="auto"` rule), so the stand-ins
+    need no cast (a cast would materialize them)."""
+    dtype = loader.get("dtype", loader.get("torch_dtype")) or "auto"
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        if dtype is None and stand_in:
+            key = next(iter(stand_in))
+            return read_header(files[key], complete=False).tensors[key].dtype
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype):
+        return getattr(torch, dtype)  # type: ignore[no-any-return]
+    return None  # a per-module dict: transformers decides (and may cast)
+
+
+def _state_dict(
+    files: dict[str, Path], stand_in: dict[str, tuple[int, ...]], dtype: torch.dtype | None
+) -> dict[str, torch.Tensor]:
+    """Every tensor of the checkpoint, the vocabulary matrices as zero-stride stand-ins."""
+    out: dict[str, torch.Tensor] = {}
+    for key, file in files.items():
+        if key in stand_in:
+            shape = stand_in[key]
+            kind = dtype or read_header(file, complete=False).tensors[key].dtype
+            out[key] = torch.zeros((1, *shape[1:]), dtype=kind).expand(shape)
+        else:
+            out[key] = read_tensor(file, key)
+    return out
+
+
+def _as_if_from(model: nn.Module, folder: Path) -> None:
+    """What from_pretrained(folder) records that from_pretrained(None, state_dict=...) cannot:
+    the model's folder, and its generation config."""
+    name = str(folder)
+    model.config._name_or_path = name
+    model.name_or_path = name
+    gen_file = folder / "generation_config.json"
+    can_generate = getattr(model, "can_generate", lambda: False)()
+    if can_generate and gen_file.is_file():
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(name)

@@ -1,0 +1,87 @@
+"""Loading models and tokenizers with one clear error line, safetensors only, no remote code."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+from typing import Any
+
+from vocabprune.core.checkpoint import CheckpointError, checkpoint_files
+from vocabprune.core.errors import VocabPruneError
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _check_folder(path: str) -> None:
+    folder = Path(path)
+    if not folder.exists():
+        raise VocabPruneError(f"model folder not found: {path}")
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        raise VocabPruneError(f"{path} is not a Hugging Face model folder (no config.json)")
+
+
+def load_tokenizer(path: str) -> Any:
+    """AutoTokenizer for a local folder; never runs remote code."""
+    from transformers import AutoTokenizer
+
+    _check_folder(path)
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise VocabPruneError(
+            f"could not load a tokenizer from {path}: {_first_line(exc)}"
+        ) from exc
+
+
+def load_config(path: str) -> Any:
+    """AutoConfig for a local folder; never runs remote code."""
+    from transformers import AutoConfig
+
+    _check_folder(path)
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as exc:
+        raise VocabPruneError(f"could not read the config of {path}: {_first_line(exc)}") from exc
+
+
+def load_model(auto_class: Any, path: str, **kwargs: Any) -> Any:
+    """`auto_class.from_pretrained` from safetensors only (no pickle), never remote code."""
+    _check_folder(path)
+    try:
+        return auto_class.from_pretrained(
+            path, use_safetensors=True, trust_remote_code=False, **kwargs
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise VocabPruneError(f"could not load the model from {path}: {_first_line(exc)}") from exc
+
+
+def model_class(config: Any) -> Any:
+    """The transformers class named in config.architectures (never remote code), else AutoModel."""
+    import transformers
+
+    for arch in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, str(arch), None)
+        if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
+            return cls
+    return transformers.AutoModel
+
+
+def model_kwargs(cls: Any, folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """Extra from_pretrained kwargs: no randomly initialised pooler when the checkpoint has none."""
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return {}
+    if "add_pooling_layer" not in params:
+        return {}
+    try:
+        keys = checkpoint_files(Path(folder))
+    except CheckpointError:
+        return {}
+    if keys and not any(".pooler." in f".{k}" for k in keys):
+        return {"add_pooling_layer": False}
+    return {}

@@ -1,0 +1,231 @@
+"""The record a pruned model carries: what was swapped, where the originals live, what to undo.
+
+It also makes every save taken while pruned a full-vocabulary save: `state_dict()` returns the
+full matrices (original rows from the row store, trained rows from the live parameter), loading a
+full state dict slices it to the kept rows, and `save_pretrained` writes the full config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from vocabprune.core.model import STATE_ATTR, state_owner
+from vocabprune.core.rowstore import RowStore, move_out_of
+from vocabprune.core.vocab import KeptVocab
+
+Owner = tuple[nn.Module, str, str]  # (module, attribute, qualified name in the model)
+
+
+@dataclass
+class PrunedTensor:
+    """One vocabulary-indexed tensor (shared by all its owners when tied) and its original store."""
+
+    owners: list[Owner]
+    axis: int
+    full_size: int
+    is_parameter: bool
+    store: RowStore | None = None
+
+    @property
+    def name(self) -> str:
+        return self.owners[0][2]
+
+    @property
+    def names(self) -> list[str]:
+        return [q for _, _, q in self.owners]
+
+    def live(self) -> torch.Tensor:
+        module, attr, _ = self.owners[0]
+        return getattr(module, attr)  # type: ignore[no-any-return]
+
+    def set(self, value: torch.Tensor) -> None:
+        """Put `value` in every owner (one object for all: ties stay ties)."""
+        for module, attr, _ in self.owners:
+            if self.is_parameter:
+                setattr(module, attr, value)
+            else:
+                module._buffers[attr] = value
+
+    def expanded(
+        self, index: torch.Tensor, scale: float | None = None, live: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The full tensor: original rows (optionally scaled) with the kept rows written in, from
+        the live tensor or from `live` (a trained copy of it, e.g. inside a PEFT wrapper)."""
+        assert self.store is not None
+        live = (self.live() if live is None else live).detach()
+        full = self.store.full().to(device=live.device, dtype=live.dtype)
+        if scale is not None and scale != 1.0:
+            full.mul_(scale)
+        full.index_copy_(self.axis, index.to(live.device), live)
+        return full
+
+
+@dataclass
+class AttrChange:
+    """An attribute changed while pruned (config ids, num_embeddings, padding_idx, ...)."""
+
+    obj: Any
+    attr: str
+    old: Any
+    new: Any
+
+    def apply(self) -> None:
+        setattr(self.obj, self.attr, self.new)
+
+    def revert(self) -> None:
+        setattr(self.obj, self.attr, self.old)
+
+
+@dataclass
+class PrunedState:
+    """Everything `restore` needs, attached to the model as `model._vocabprune_state`."""
+
+    kept: KeptVocab
+    tensors: list[PrunedTensor]
+    full_input_shape: tuple[int, int]
+    module_changes: list[AttrChange] = field(default_factory=list)
+    config_changes: list[AttrChange] = field(default_factory=list)
+    handles: list[Any] = field(default_factory=list)
+    output_pruned: bool = False
+    # Per pruned tensor (by name): the factor the dropped rows get at restore and in saves taken
+    # while pruned (decoupled weight decay tracked by vocabprune.train.decay); 1 when absent.
+    dropped_scale: dict[str, float] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)  # e.g. the attached DecayTracker
+    _index: dict[torch.device, torch.Tensor] = field(default_factory=dict)
+
+    def index(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Kept ids as an int64 tensor on `device` (cached per device)."""
+        dev = torch.device(device)
+        if dev not in self._index:
+            self._index[dev] = torch.as_tensor(self.kept.kept_ids, dtype=torch.long, device=dev)
+        return self._index[dev]
+
+    def expand(
+        self,
+        tensor: PrunedTensor,
+        dropped_scale: float | None = None,
+        live: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`tensor` at full size; dropped rows scaled by `dropped_scale`, else by the tracked
+        weight-decay factor."""
+        kept_rows = tensor.live() if live is None else live
+        scale = self.dropped_scale.get(tensor.name) if dropped_scale is None else dropped_scale
+        return tensor.expanded(self.index(kept_rows.device), scale=scale, live=kept_rows)
+
+    @contextlib.contextmanager
+    def full_config(self) -> Iterator[None]:
+        """Temporarily put the config back to the full vocabulary (for saving)."""
+        for change in self.config_changes:
+            change.revert()
+        try:
+            yield
+        finally:
+            for change in self.config_changes:
+                change.apply()
+
+
+def get_state(model: Any) -> PrunedState | None:
+    """The pruned state of a model (or of the model inside a wrapper), None if not pruned."""
+    owner = state_owner(model)
+    return None if owner is None else owner.__dict__[STATE_ATTR]
+
+
+def is_pruned(model: Any) -> bool:
+    """True while the model holds a pruned vocabulary."""
+    return get_state(model) is not None
+
+
+# -- checkpoint hooks -------------------------------------------------------------------------
+
+
+def _state_dict_post_hook(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any
+) -> None:
+    state: PrunedState | None = module.__dict__.get(STATE_ATTR)
+    if state is None:
+        return
+    for tensor in state.tensors:
+        present = [prefix + q for q in tensor.names if prefix + q in state_dict]
+        if not present:
+            continue
+        full = state.expand(tensor)
+        for key in present:
+            state_dict[key] = full  # one tensor for all tied keys, so savers see the tie
+
+
+def _load_state_dict_pre_hook(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+) -> None:
+    state: PrunedState | None = module.__dict__.get(STATE_ATTR)
+    if state is None:
+        return
+    for tensor in state.tensors:
+        for qualname in tensor.names:
+            key = prefix + qualname
+            value = state_dict.get(key)
+            if isinstance(value, torch.Tensor) and value.shape[tensor.axis] == tensor.full_size:
+                state_dict[key] = value.index_select(tensor.axis, state.index(value.device))
+
+
+def _register(module: nn.Module, name: str, private: str, hook: Any) -> Any:
+    """Register with the public hook API (torch >= 2.5), else its older private spelling."""
+    register = getattr(module, name, None)
+    if register is not None:
+        return register(hook)
+    if "load" in name:
+        return getattr(module, private)(hook, with_module=True)
+    return getattr(module, private)(hook)
+
+
+def _save_pretrained_full(self: nn.Module, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
+    """save_pretrained while pruned: full matrices and the full config, loadable by stock code."""
+    state: PrunedState | None = self.__dict__.get(STATE_ATTR)
+    original = type(self).save_pretrained
+    if state is None:
+        return original(self, save_directory, *args, **kwargs)
+    for tensor in state.tensors:  # saving over the checkpoint that holds the original rows
+        assert tensor.store is not None
+        tensor.store = move_out_of(tensor.store, save_directory)
+    if kwargs.get("state_dict") is None:
+        kwargs["state_dict"] = self.state_dict()
+    with state.full_config():
+        return original(self, save_directory, *args, **kwargs)
+
+
+def attach(model: nn.Module, state: PrunedState) -> None:
+    """Attach the state and the hooks that make saves full-vocabulary."""
+    model.__dict__[STATE_ATTR] = state
+    state.handles.append(
+        _register(
+            model,
+            "register_state_dict_post_hook",
+            "_register_state_dict_hook",
+            _state_dict_post_hook,
+        )
+    )
+    state.handles.append(
+        _register(
+            model,
+            "register_load_state_dict_pre_hook",
+            "_register_load_state_dict_pre_hook",
+            _load_state_dict_pre_hook,
+        )
+    )
+    if hasattr(type(model), "save_pretrained"):
+        model.__dict__["save_pretrained"] = types.MethodType(_save_pretrained_full, model)
+
+
+def detach(model: nn.Module, state: PrunedState) -> None:
+    """Remove the hooks and the state: the model is an ordinary model again."""
+    for handle in state.handles:
+        handle.remove()
+    state.handles.clear()
+    model.__dict__.pop("save_pretrained", None)
+    model.__dict__.pop(STATE_ATTR, None)

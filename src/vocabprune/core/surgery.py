@@ -1,0 +1,312 @@
+"""The surgery plan: the one place that decides which tensors of a model are indexed by
+vocabulary id, who owns them, what else changes with them (module sizes, padding_idx, config
+vocab_size and token ids), and performs the swap.
+
+`prune`, `load_pruned`, the compact model that grows rows on demand, and the parameter accounting
+all use it. We swap Parameters, not modules: the embedding module, its class, padding_idx
+semantics and any scaling stay. Tied tensors are one tensor with several owners and get one new
+Parameter, so ties stay ties.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from vocabprune.core.errors import MismatchError, UnsupportedModelError, VocabPruneError
+from vocabprune.core.ids import config_id_updates, required_new_id
+from vocabprune.core.model import input_embedding, model_name, output_head, state_owner
+from vocabprune.core.rowstore import RowStore
+from vocabprune.core.state import AttrChange, Owner, PrunedState, PrunedTensor, attach
+from vocabprune.core.vocab import KeptVocab
+
+OutputMode = Literal["auto", "prune", "keep"]
+OUTPUT_MODES = ("auto", "prune", "keep")
+CONFIG_ID_HINT = "build the kept vocabulary with model=... so config ids are always kept"
+
+
+# -- which tensors are vocabulary-indexed ---------------------------------------------------------
+
+
+def owners_of(model: nn.Module, tensor: torch.Tensor) -> list[Owner]:
+    """Every (module, attribute, qualified name) that holds this exact tensor."""
+    found = []
+    for mname, module in model.named_modules(remove_duplicate=False):
+        for table in (module._parameters, module._buffers):
+            for attr, value in table.items():
+                if value is tensor:
+                    found.append((module, attr, f"{mname}.{attr}" if mname else attr))
+    return found
+
+
+def _vocab_head(model: nn.Module, rows: int, output: OutputMode) -> nn.Linear | None:
+    """The output head to prune with the input embedding, None for none (or output='keep').
+    Heads vocabprune cannot prune are refused here, before anything changes."""
+    if output not in OUTPUT_MODES:
+        raise VocabPruneError(f"output must be one of {', '.join(OUTPUT_MODES)}, not {output!r}")
+    head = output_head(model)
+    if head is None:
+        if output == "prune":
+            raise UnsupportedModelError(f"model {model_name(model)!r} has no output head to prune")
+        return None
+    emb_weight = input_embedding(model).weight
+    weight = getattr(head, "weight", None)
+    if not isinstance(head, nn.Linear) or weight is None:
+        # A head that owns no vocabulary-sized matrix reads the input embedding itself (e.g.
+        # DeBERTa-v2 with legacy=False): neither pruning it nor keeping it full can work.
+        owns_matrix = any(
+            p is not emb_weight and p.ndim >= 1 and p.shape[0] == rows for p in head.parameters()
+        )
+        if not owns_matrix:
+            raise UnsupportedModelError(
+                f"model {model_name(model)!r}: output head {type(head).__name__} multiplies by "
+                "the input embedding matrix itself; vocabprune cannot prune this model's "
+                "vocabulary (load it without the LM head, e.g. AutoModel)"
+            )
+        if output == "keep":
+            return None
+        raise UnsupportedModelError(
+            f"model {model_name(model)!r}: output head is {type(head).__name__}, not a plain "
+            "linear layer over the vocabulary; use output='keep'"
+        )
+    if weight.shape[0] != rows and weight.shape[0] == emb_weight.shape[1]:
+        # A hidden-to-hidden projection reported as the output head (DeBERTa-v2 legacy=False):
+        # the logits come from the input embedding matrix itself.
+        raise UnsupportedModelError(
+            f"model {model_name(model)!r}: its output head is a {tuple(weight.shape)} projection "
+            "and the logits multiply by the input embedding matrix itself; vocabprune cannot "
+            "prune this model's vocabulary (load it without the LM head, e.g. AutoModel)"
+        )
+    if output == "keep":
+        if weight is emb_weight:
+            raise UnsupportedModelError(
+                f"model {model_name(model)!r} ties its output head to the input embedding: "
+                "inputs-only pruning would untie it; use output='prune'"
+            )
+        return None
+    if weight.shape[0] != rows:
+        raise UnsupportedModelError(
+            f"model {model_name(model)!r}: output head has {weight.shape[0]} rows but the input "
+            f"embedding has {rows}; cannot prune both with one map (use output='keep')"
+        )
+    return head
+
+
+def vocab_tensors(model: nn.Module, *, output: OutputMode = "auto") -> list[PrunedTensor]:
+    """Every tensor indexed by vocabulary id: the input embedding and, unless output='keep', a
+    vocabulary-sized output head (weight, bias) and `*logits_bias` buffers or parameters.
+    Each comes once, with all its owners (no store yet)."""
+    emb = input_embedding(model)
+    rows = int(emb.weight.shape[0])
+    head = _vocab_head(model, rows, output)
+    found: list[tuple[torch.Tensor, int, bool]] = [(emb.weight, 0, True)]
+    if head is not None:
+        found.append((head.weight, 0, True))
+        if head.bias is not None:
+            found.append((head.bias, 0, True))
+        for module in model.modules():
+            for table, is_param in ((module._buffers, False), (module._parameters, True)):
+                for name, value in table.items():
+                    if value is not None and "logits_bias" in name and value.shape[-1] == rows:
+                        found.append((value, value.ndim - 1, is_param))
+    unique: dict[int, tuple[torch.Tensor, int, bool]] = {}
+    for item in found:
+        unique.setdefault(id(item[0]), item)
+    tensors = []
+    for tensor, axis, is_param in unique.values():
+        owners = owners_of(model, tensor)
+        if not owners:
+            raise UnsupportedModelError(f"tensor of shape {tuple(tensor.shape)} has no owner")
+        tensors.append(PrunedTensor(owners, axis, rows, is_param))
+    return tensors
+
+
+# -- what changes with them -----------------------------------------------------------------------
+
+
+def size_changes(
+    model: nn.Module, tensors: Iterable[PrunedTensor], old: int, new: int
+) -> list[AttrChange]:
+    """Module sizes that follow the row count: Embedding.num_embeddings, Linear.out_features."""
+    changes: list[AttrChange] = []
+    seen: set[int] = set()
+    for tensor in tensors:
+        if tensor.axis != 0:
+            continue
+        for module, attr, _ in tensor.owners:
+            if attr != "weight" or id(module) in seen:
+                continue
+            seen.add(id(module))
+            if isinstance(module, nn.Embedding):
+                changes.append(AttrChange(module, "num_embeddings", old, new))
+            elif isinstance(module, nn.Linear):
+                changes.append(AttrChange(module, "out_features", old, new))
+    return changes
+
+
+def config_vocab_change(model: nn.Module, old: int, new: int) -> list[AttrChange]:
+    """config.vocab_size, when it describes the rows that change."""
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "vocab_size", None) == old:
+        return [AttrChange(config, "vocab_size", old, new)]
+    return []
+
+
+def _padding_changes(tensors: Iterable[PrunedTensor], kept: KeptVocab) -> list[AttrChange]:
+    changes = []
+    seen: set[int] = set()
+    for tensor in tensors:
+        for module, attr, _ in tensor.owners:
+            if not (isinstance(module, nn.Embedding) and attr == "weight") or id(module) in seen:
+                continue
+            seen.add(id(module))
+            pad = module.padding_idx
+            if pad is None:
+                continue
+            if pad not in kept:
+                raise MismatchError(
+                    f"padding_idx {pad} of {type(module).__name__} is not in the kept "
+                    "vocabulary; build it with model=... so the pad id is always kept"
+                )
+            changes.append(AttrChange(module, "padding_idx", pad, kept.new_id(pad)))
+    return changes
+
+
+def _config_id_changes(model: nn.Module, kept: KeptVocab) -> list[AttrChange]:
+    changes = []
+    for label in ("config", "generation_config"):
+        cfg = getattr(model, label, None)
+        if cfg is None:
+            continue
+        updates = config_id_updates(
+            cfg, lambda attr, label=label: required_new_id(kept, f"{label}.{attr}", CONFIG_ID_HINT)
+        )
+        changes += [AttrChange(cfg, attr, old, new) for attr, old, new in updates]
+    return changes
+
+
+def _uses_pad_for_positions(module: nn.Module, pad: int) -> bool:
+    """RoBERTa/MPNet-style embeddings (a position embedding whose padding_idx is the pad id) and
+    sinusoidal position modules count positions from the pad id. Decoder stacks (Llama, BART, ...)
+    only keep `padding_idx` to build their token embedding: their pad id may move."""
+    if "Positional" in type(module).__name__:
+        return True
+    return any(
+        isinstance(child, nn.Embedding) and child.padding_idx == pad and "position" in cname
+        for cname, child in module.named_children()
+    )
+
+
+def _check_position_offsets(model: nn.Module, kept: KeptVocab, skip: set[int]) -> None:
+    """Wrapper modules that compare input ids with a cached pad id and use the same number as a
+    position offset (RoBERTa) cannot follow the map: refuse a kept vocabulary that moves it."""
+    for name, module in model.named_modules():
+        if id(module) in skip or isinstance(module, nn.Embedding):
+            continue
+        pad = module.__dict__.get("padding_idx")
+        if not isinstance(pad, int) or isinstance(pad, bool) or pad not in kept:
+            continue
+        if kept.new_id(pad) != pad and _uses_pad_for_positions(module, pad):
+            raise UnsupportedModelError(
+                f"{name or type(module).__name__} uses pad id {pad} as a position offset and "
+                f"the kept vocabulary renumbers it to {kept.new_id(pad)}; keep every id below "
+                f"{pad} (extra_ids=range({pad}))"
+            )
+
+
+# -- the plan -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Surgery:
+    """Everything pruning `model` to `kept` will change, decided before anything changes."""
+
+    model: nn.Module
+    kept: KeptVocab
+    tensors: list[PrunedTensor]
+    full_shape: tuple[int, int]
+    output_pruned: bool
+    module_changes: list[AttrChange] = field(default_factory=list)
+    config_changes: list[AttrChange] = field(default_factory=list)
+
+
+def plan(model: nn.Module, kept: KeptVocab, *, output: OutputMode = "auto") -> Surgery:
+    """Decide the surgery; raises (changing nothing) when the model or kept vocabulary can't."""
+    if state_owner(model) is not None:
+        raise VocabPruneError(f"model {model_name(model)!r} is already pruned; restore it first")
+    emb = input_embedding(model)
+    full_shape = (int(emb.weight.shape[0]), int(emb.weight.shape[1]))
+    kept.check_model(model, full_shape=full_shape)
+    tensors = vocab_tensors(model, output=output)
+    output_pruned = any(
+        isinstance(m, nn.Linear) for t in tensors for m, a, _ in t.owners if a == "weight"
+    )
+    module_changes = size_changes(model, tensors, kept.vocab_size, kept.size)
+    module_changes += _padding_changes(tensors, kept)
+    pruned_modules = {id(c.obj) for c in module_changes}
+    _check_position_offsets(model, kept, pruned_modules)
+    config_changes = []
+    if output_pruned or output_head(model) is None:  # config.vocab_size describes the live rows
+        config_changes += config_vocab_change(model, kept.vocab_size, kept.size)
+        gen = getattr(model, "generation_config", None)
+        if gen is not None and getattr(gen, "vocab_size", None) == kept.vocab_size:
+            config_changes.append(AttrChange(gen, "vocab_size", kept.vocab_size, kept.size))
+    config_changes += _config_id_changes(model, kept)
+    return Surgery(model, kept, tensors, full_shape, output_pruned, module_changes, config_changes)
+
+
+RowSource = Callable[[PrunedTensor, torch.Tensor], tuple[torch.Tensor, RowStore]]
+
+
+def perform(surgery: Surgery, rows: RowSource) -> PrunedState:
+    """Swap every planned tensor for its kept rows and apply every change; attach the state.
+
+    `rows(tensor, index)` gives the kept rows of one tensor and the store its original rows
+    come back from at restore (the live tensor sliced, or the rows read from a checkpoint).
+    """
+    state = PrunedState(
+        kept=surgery.kept,
+        tensors=surgery.tensors,
+        full_input_shape=surgery.full_shape,
+        module_changes=surgery.module_changes,
+        config_changes=surgery.config_changes,
+        output_pruned=surgery.output_pruned,
+    )
+    prepared = []
+    for tensor in surgery.tensors:  # every read first: a failure leaves the model as it was
+        live = tensor.live()
+        small, store = rows(tensor, state.index(live.device))
+        small = small.to(device=live.device, dtype=live.dtype)
+        prepared.append((tensor, live, small, store))
+    for tensor, live, small, store in prepared:
+        tensor.store = store
+        tensor.set(
+            nn.Parameter(small, requires_grad=live.requires_grad) if tensor.is_parameter else small
+        )
+    for change in surgery.module_changes + surgery.config_changes:
+        change.apply()
+    attach(surgery.model, state)
+    return state
+
+
+def resize(model: nn.Module, tensors: list[PrunedTensor], values: list[torch.Tensor]) -> None:
+    """Give vocabulary tensors new values with another row count (a compact model growing), and
+    make module sizes and config.vocab_size follow."""
+    old = int(tensors[0].live().shape[tensors[0].axis])
+    new = int(values[0].shape[tensors[0].axis])
+    for tensor, value in zip(tensors, values, strict=True):
+        live = tensor.live()
+        tensor.set(
+            nn.Parameter(value, requires_grad=live.requires_grad) if tensor.is_parameter else value
+        )
+    for change in size_changes(model, tensors, old, new) + config_vocab_change(model, old, new):
+        change.apply()
+
+
+def vocab_param_count(model: nn.Module) -> int:
+    """Parameters indexed by vocabulary id (input rows, an untied head and its bias), once each."""
+    return sum(t.live().numel() for t in vocab_tensors(model) if t.is_parameter)

@@ -1,0 +1,506 @@
+"""Scanning: count every token id the run will see, vectorized (bincount), union over splits.
+
+Inputs: a list of strings, file paths and labelled folders (see sources.py), `datasets` Dataset /
+DatasetDict / IterableDataset (text columns or already tokenized `input_ids`, padded or ragged),
+or a dict of named splits of any of these.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from vocabprune.core.errors import ScanError
+from vocabprune.core.model import embedding_shape
+from vocabprune.core.vocab import KeptVocab
+from vocabprune.data.sources import Columns, pick_text_columns, read_table, texts_of
+
+DEFAULT_BATCH = 1000
+
+
+@dataclass
+class SplitCounts:
+    """Counts of one split (or source): per-id counts, tokens and examples."""
+
+    counts: np.ndarray
+    tokens: int
+    examples: int
+
+
+@dataclass
+class ScanResult:
+    """Per-id counts over all splits, and each split's own counts (for reports and overlap)."""
+
+    vocab_size: int
+    splits: dict[str, SplitCounts] = field(default_factory=dict)
+
+    @property
+    def counts(self) -> np.ndarray:
+        total = np.zeros(self.vocab_size, dtype=np.int64)
+        for split in self.splits.values():
+            total += split.counts
+        return total
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(s.tokens for s in self.splits.values())
+
+    @property
+    def num_examples(self) -> int:
+        return sum(s.examples for s in self.splits.values())
+
+    @property
+    def used_ids(self) -> int:
+        return int(np.count_nonzero(self.counts))
+
+    def add(self, name: str, counts: np.ndarray, examples: int) -> None:
+        name = _unique(name, self.splits)
+        self.splits[name] = SplitCounts(counts, int(counts.sum()), examples)
+
+
+def _unique(name: str, taken: Mapping[str, Any]) -> str:
+    if name not in taken:
+        return name
+    i = 2
+    while f"{name}#{i}" in taken:
+        i += 1
+    return f"{name}#{i}"
+
+
+def bincount_ids(ids: np.ndarray, vocab_size: int, *, source: str = "data") -> np.ndarray:
+    """Count a flat array of ids; ids outside [0, vocab_size) are an error naming the id."""
+    ids = np.asarray(ids)
+    if ids.size == 0:
+        return np.zeros(vocab_size, dtype=np.int64)
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise ScanError(f"{source}: input_ids must be integers, found {ids.dtype}")
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= vocab_size:
+        bad = lo if lo < 0 else hi
+        raise ScanError(f"{source}: token id {bad} is outside the vocabulary of {vocab_size} ids")
+    return np.bincount(ids, minlength=vocab_size).astype(np.int64, copy=False)
+
+
+def _flatten(rows: Sequence[Any], mask: Sequence[Any] | None = None) -> np.ndarray:
+    """Ragged or padded rows -> one flat int64 array without masked positions (no token loop)."""
+    if len(rows) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if isinstance(rows, np.ndarray) and rows.ndim == 1 and rows.dtype != object:
+        return rows if mask is None else rows[np.asarray(mask).astype(bool)]  # already flat
+    if isinstance(rows, np.ndarray) and rows.ndim == 2:
+        flat = rows if mask is None else rows[np.asarray(mask).astype(bool)]
+        return np.asarray(flat, dtype=np.int64).ravel()
+    arrays = [np.asarray(r, dtype=np.int64).ravel() for r in rows]
+    flat = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
+    if mask is not None:
+        keep = np.concatenate([np.asarray(m).ravel() for m in mask]).astype(bool)
+        flat = flat[keep]
+    return flat
+
+
+def count_token_ids(
+    rows: Sequence[Any],
+    vocab_size: int,
+    *,
+    attention_mask: Sequence[Any] | None = None,
+    source: str = "data",
+) -> np.ndarray:
+    """Count already tokenized ids (ragged lists, padded arrays); masked positions are skipped."""
+    return bincount_ids(_flatten(rows, attention_mask), vocab_size, source=source)
+
+
+def _batches(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def count_texts(
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    pairs: Sequence[str] | None = None,
+    max_length: int | None = None,
+    vocab_size: int | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    progress: bool | None = None,
+    source: str = "texts",
+    num_proc: int | None = None,
+) -> np.ndarray:
+    """Tokenize as the run will (special tokens, truncation) and count the ids.
+
+    A fast tokenizer is driven through its backend (`encode_batch_fast`, truncation as the
+    wrapper sets it) with the next batch tokenized in a thread while this one is counted, after
+    checking on the first batch that it gives the wrapper's ids (else the wrapper is used).
+    `num_proc` > 1 splits the texts over that many processes; the counts are the same.
+    """
+    size = vocab_size or len(tokenizer)
+    if num_proc and num_proc > 1 and len(texts) > batch_size:
+        return _count_texts_parallel(
+            tokenizer, texts, pairs, max_length, size, batch_size, progress, source, num_proc
+        )
+    counts = np.zeros(size, dtype=np.int64)
+    kwargs: dict[str, Any] = {"add_special_tokens": True}
+    if max_length:
+        kwargs.update(truncation=True, max_length=max_length)
+    bar = tqdm(
+        total=len(texts), desc=f"scanning {source}", unit="ex", disable=_quiet(progress, len(texts))
+    )
+    backend = _backend_encoder(tokenizer, texts, pairs, max_length, kwargs)
+    if backend is not None:
+        for ids, n in _pipelined_ids(backend, texts, pairs, batch_size):
+            counts += bincount_ids(ids, size, source=source)
+            bar.update(n)
+        bar.close()
+        return counts
+    for sl in _batches(len(texts), batch_size):
+        args = (list(texts[sl]),) if pairs is None else (list(texts[sl]), list(pairs[sl]))
+        enc = tokenizer(*args, **kwargs)
+        counts += bincount_ids(_flatten(enc["input_ids"]), size, source=source)
+        bar.update(sl.stop - sl.start)
+    bar.close()
+    return counts
+
+
+def _backend_encoder(
+    tokenizer: Any,
+    texts: Sequence[str],
+    pairs: Sequence[str] | None,
+    max_length: int | None,
+    kwargs: dict[str, Any],
+) -> Any:
+    """A private copy of the fast tokenizer's backend set up as the wrapper call would be, or None
+    (slow tokenizer, or its ids differ from the wrapper's on a sample of the texts)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "encode_batch_fast") or len(texts) == 0:
+        return None
+    try:
+        side = getattr(tokenizer, "truncation_side", "right")
+        split = bool(getattr(tokenizer, "split_special_tokens", False))
+        key = (id(backend), max_length, side, split)
+        cached = _BACKENDS.get(key)
+        copy = cached[1] if cached is not None and cached[0] is backend else None
+        if copy is None:
+            from tokenizers import Tokenizer
+
+            copy = Tokenizer.from_str(backend.to_str())
+            copy.no_padding()
+            if max_length:
+                copy.enable_truncation(max_length, strategy="longest_first", direction=side)
+            else:
+                copy.no_truncation()
+            copy.encode_special_tokens = split
+            if len(_BACKENDS) > 16:
+                _BACKENDS.clear()
+            _BACKENDS[key] = (backend, copy)  # holding backend: its id is not reused
+        n = min(len(texts), 16)
+        sample = list(texts[:n]) if pairs is None else list(zip(texts[:n], pairs[:n], strict=True))
+        fast = [e.ids for e in copy.encode_batch_fast(sample, add_special_tokens=True)]
+        args = (list(texts[:n]),) if pairs is None else (list(texts[:n]), list(pairs[:n]))
+        slow = [list(map(int, r)) for r in tokenizer(*args, **kwargs)["input_ids"]]
+    except Exception:  # any surprise: the wrapper path is always right
+        return None
+    return copy if fast == slow else None
+
+
+# Configured backend copies, per tokenizer backend and settings: (backend, copy).
+_BACKENDS: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+
+
+def _encode_ids(backend: Any, batch: list[Any]) -> np.ndarray:
+    encodings = backend.encode_batch_fast(batch, add_special_tokens=True)
+    return np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int64)
+
+
+def _pipelined_ids(
+    backend: Any, texts: Sequence[str], pairs: Sequence[str] | None, batch_size: int
+) -> Iterator[tuple[np.ndarray, int]]:
+    """Flat ids batch by batch; the next batch is tokenized (GIL released) while one is counted."""
+
+    def batch(sl: slice) -> list[Any]:
+        if pairs is None:
+            return list(texts[sl])
+        return list(zip(texts[sl], pairs[sl], strict=True))
+
+    slices = list(_batches(len(texts), batch_size))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(_encode_ids, backend, batch(slices[0])) if slices else None
+        for i, sl in enumerate(slices):
+            assert pending is not None
+            ids = pending.result()
+            pending = (
+                pool.submit(_encode_ids, backend, batch(slices[i + 1]))
+                if i + 1 < len(slices)
+                else None
+            )
+            yield ids, sl.stop - sl.start
+
+
+def _count_chunk(
+    tokenizer: Any,
+    texts: list[str],
+    pairs: list[str] | None,
+    max_length: int | None,
+    size: int,
+    batch_size: int,
+    source: str,
+) -> np.ndarray:
+    return count_texts(
+        tokenizer,
+        texts,
+        pairs=pairs,
+        max_length=max_length,
+        vocab_size=size,
+        batch_size=batch_size,
+        progress=False,
+        source=source,
+    )
+
+
+def _count_texts_parallel(
+    tokenizer: Any,
+    texts: Sequence[str],
+    pairs: Sequence[str] | None,
+    max_length: int | None,
+    size: int,
+    batch_size: int,
+    progress: bool | None,
+    source: str,
+    num_proc: int,
+) -> np.ndarray:
+    import multiprocessing
+
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    chunk = max(batch_size, -(-len(texts) // (num_proc * 4)))
+    jobs = []
+    counts = np.zeros(size, dtype=np.int64)
+    bar = tqdm(
+        total=len(texts), desc=f"scanning {source}", unit="ex", disable=_quiet(progress, len(texts))
+    )
+    with ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context(method)) as pool:
+        for sl in _batches(len(texts), chunk):
+            part_pairs = None if pairs is None else list(pairs[sl])
+            args = (tokenizer, list(texts[sl]), part_pairs, max_length, size, batch_size, source)
+            jobs.append((pool.submit(_count_chunk, *args), sl.stop - sl.start))
+        for job, n in jobs:
+            counts += job.result()
+            bar.update(n)
+    bar.close()
+    return counts
+
+
+def _quiet(progress: bool | None, n: int) -> bool | None:
+    if progress is None:
+        return None if n >= 5 * DEFAULT_BATCH else True  # None: tqdm shows a bar only on a TTY
+    return not progress
+
+
+@dataclass(frozen=True)
+class _Opts:
+    """How every source of one scan is read and counted."""
+
+    text_column: str | None
+    max_length: int | None
+    vocab_size: int
+    progress: bool | None
+    batch_size: int = DEFAULT_BATCH
+    num_proc: int | None = None
+
+    def count_texts(
+        self,
+        tokenizer: Any,
+        texts: Sequence[str],
+        pairs: Sequence[str] | None,
+        source: str,
+        *,
+        progress: bool | None = None,
+    ) -> np.ndarray:
+        return count_texts(
+            tokenizer,
+            texts,
+            pairs=pairs,
+            max_length=self.max_length,
+            vocab_size=self.vocab_size,
+            batch_size=self.batch_size,
+            progress=self.progress if progress is None else progress,
+            source=source,
+            num_proc=self.num_proc,
+        )
+
+
+def _count_columns(
+    tokenizer: Any, columns: Columns, source: str, opts: _Opts, *, progress: bool | None = None
+) -> tuple[np.ndarray, int]:
+    if "input_ids" in columns and not opts.text_column:
+        ids = columns["input_ids"]
+        counts = count_token_ids(
+            ids, opts.vocab_size, attention_mask=columns.get("attention_mask"), source=source
+        )
+        return counts, len(ids)
+    cols = pick_text_columns(list(columns), opts.text_column, source)
+    texts, pairs = texts_of(columns, cols, source)
+    return opts.count_texts(tokenizer, texts, pairs, source, progress=progress), len(texts)
+
+
+def _is_dataset(obj: Any) -> bool:
+    return hasattr(obj, "column_names") and (hasattr(obj, "iter") or hasattr(obj, "__iter__"))
+
+
+def _count_dataset(
+    tokenizer: Any, dataset: Any, source: str, opts: _Opts
+) -> tuple[np.ndarray, int]:
+    counts = np.zeros(opts.vocab_size, dtype=np.int64)
+    examples = 0
+    names = list(dataset.column_names or [])
+    if not ("input_ids" in names and not opts.text_column):
+        pick_text_columns(names, opts.text_column, source)  # fail early on a missing column
+    total = len(dataset) if hasattr(dataset, "__len__") else None
+    bar = tqdm(
+        total=total,
+        desc=f"scanning {source}",
+        unit="ex",
+        disable=_quiet(opts.progress, total or 0) if total else (opts.progress is False),
+    )
+    batch_size = opts.batch_size
+    if opts.num_proc and opts.num_proc > 1:  # batches big enough to split over the processes
+        batch_size = batch_size * opts.num_proc * 4
+    for batch in _iter_batches(dataset, batch_size):
+        c, n = _count_columns(tokenizer, batch, source, opts, progress=False)
+        counts += c
+        examples += n
+        bar.update(n)
+    bar.close()
+    if examples == 0:
+        raise ScanError(f"{source} holds no examples")
+    return counts, examples
+
+
+def _iter_batches(dataset: Any, batch_size: int) -> Iterable[Columns]:
+    if hasattr(dataset, "iter"):
+        yield from dataset.iter(batch_size=batch_size)
+        return
+    batch: list[dict[str, Any]] = []  # a plain iterable of dicts (e.g. a generator)
+    for row in dataset:
+        batch.append(row)
+        if len(batch) == batch_size:
+            yield {k: [r[k] for r in batch] for k in batch[0]}
+            batch = []
+    if batch:
+        yield {k: [r[k] for r in batch] for k in batch[0]}
+
+
+def scan(
+    tokenizer: Any,
+    *data: Any,
+    text_column: str | None = None,
+    max_length: int | None = None,
+    vocab_size: int | None = None,
+    progress: bool | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    num_proc: int | None = None,
+) -> ScanResult:
+    """Count token ids over every source given; each becomes a split of the result.
+
+    A source is: a list of strings; a path (str or Path) to a file or labelled folder; a list of
+    paths; a `datasets` Dataset, IterableDataset or DatasetDict; or a dict of named sources.
+    """
+    opts = _Opts(
+        text_column, max_length, vocab_size or len(tokenizer), progress, batch_size, num_proc
+    )
+    result = ScanResult(opts.vocab_size)
+    if not data:
+        raise ScanError("no data given to scan")
+    for item in data:
+        for name, source in _named_sources(item):
+            counts, n = _count_source(tokenizer, source, name, opts)
+            if n == 0:
+                raise ScanError(f"{name} holds no examples")
+            result.add(name, counts, n)
+    if result.total_tokens == 0:
+        raise ScanError("the data holds no tokens")
+    return result
+
+
+def _named_sources(item: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(item, (str, os.PathLike)):
+        yield str(item), Path(item)
+    elif isinstance(item, Mapping):  # DatasetDict or {split: source}
+        if not item:
+            raise ScanError("empty mapping of splits given to scan")
+        for key, value in item.items():
+            yield str(key), value
+    elif _is_dataset(item):
+        yield (
+            getattr(getattr(item, "split", None), "__str__", lambda: "dataset")() or "dataset",
+            item,
+        )
+    elif isinstance(item, Sequence) and item and all(isinstance(x, os.PathLike) for x in item):
+        for path in item:
+            yield str(path), Path(path)
+    elif isinstance(item, Sequence):
+        yield "texts", list(item)
+    else:
+        raise ScanError(f"cannot scan a {type(item).__name__}: give texts, paths or a dataset")
+
+
+def _count_source(tokenizer: Any, source: Any, name: str, opts: _Opts) -> tuple[np.ndarray, int]:
+    if isinstance(source, (str, os.PathLike)):
+        return _count_columns(tokenizer, read_table(Path(source)), name, opts)
+    if _is_dataset(source):
+        return _count_dataset(tokenizer, source, name, opts)
+    if isinstance(source, Sequence):
+        texts = list(source)
+        if not texts:
+            raise ScanError(f"{name} holds no examples")
+        if all(isinstance(t, str) for t in texts):
+            return opts.count_texts(tokenizer, texts, None, name), len(texts)
+        if all(isinstance(t, Sequence | np.ndarray) for t in texts):
+            return count_token_ids(texts, opts.vocab_size, source=name), len(texts)
+        raise ScanError(f"{name}: expected strings or lists of token ids")
+    raise ScanError(f"cannot scan {name}: a {type(source).__name__}")
+
+
+def build_kept_vocab(
+    tokenizer: Any,
+    *data: Any,
+    model: Any = None,
+    text_column: str | None = None,
+    max_length: int | None = None,
+    min_count: int = 1,
+    extra_ids: Iterable[int] = (),
+    progress: bool | None = None,
+    num_proc: int | None = None,
+) -> KeptVocab:
+    """Scan the data and keep every id it uses, plus the specials the model must see or emit."""
+    size = embedding_shape(model)[0] if model is not None else len(tokenizer)
+    result = scan(
+        tokenizer,
+        *data,
+        text_column=text_column,
+        max_length=max_length,
+        vocab_size=size,
+        progress=progress,
+        num_proc=num_proc,
+    )
+    meta = {
+        "total_tokens": result.total_tokens,
+        "examples": result.num_examples,
+        "max_length": max_length,
+        "splits": list(result.splits),
+    }
+    return KeptVocab.from_counts(
+        result.counts,
+        tokenizer=tokenizer,
+        model=model,
+        extra_ids=extra_ids,
+        min_count=min_count,
+        vocab_size=size,
+        meta=meta,
+    )

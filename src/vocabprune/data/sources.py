@@ -1,0 +1,219 @@
+"""Reading examples from the places users keep them: files, folders, datasets.
+
+Everything becomes columns (a dict of equal-length lists), and `read_examples` is the one reader
+every job uses: texts, the second texts of sentence pairs, and labels, aligned row by row.
+Supported: .txt (one example per line), .jsonl/.json, .csv/.tsv, .parquet, and a folder of .txt
+files whose sub-folder names are labels (the BBC News layout).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vocabprune.core.errors import ScanError
+
+Columns = dict[str, list[Any]]
+
+TEXT_COLUMN_GUESSES = ("text", "sentence", "content", "document", "article", "question", "prompt")
+LABEL_COLUMN_GUESSES = ("label", "labels", "class", "category", "target")
+
+
+def read_text_file(path: Path) -> str:
+    """UTF-8 text, falling back to latin-1 for the files that are not valid UTF-8."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def read_labelled_folder(folder: Path) -> Columns:
+    """<folder>/<label>/<name>.txt -> columns text, label (labels are the sub-folder names)."""
+    texts: list[str] = []
+    labels: list[str] = []
+    subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
+    for sub in subdirs:
+        for file in sorted(sub.glob("*.txt")):
+            texts.append(read_text_file(file).strip())
+            labels.append(sub.name)
+    if not texts:
+        loose = sorted(folder.glob("*.txt"))
+        texts = [read_text_file(f).strip() for f in loose]
+        if texts:
+            return {"text": texts}
+        raise ScanError(f"folder {folder} holds no .txt files (directly or in label sub-folders)")
+    return {"text": texts, "label": labels}
+
+
+def _records_to_columns(records: Sequence[dict[str, Any]], source: Path) -> Columns:
+    if not records:
+        raise ScanError(f"{source} holds no examples")
+    names: list[str] = []
+    for rec in records:
+        if not isinstance(rec, dict):
+            raise ScanError(
+                f"{source}: every JSON line must be an object, found {type(rec).__name__}"
+            )
+        for key in rec:
+            if key not in names:
+                names.append(key)
+    return {name: [rec.get(name) for rec in records] for name in names}
+
+
+def read_table(path: str | os.PathLike[str]) -> Columns:
+    """Read one file or labelled folder into columns."""
+    source = Path(path)
+    if not source.exists():
+        raise ScanError(f"data not found: {source}")
+    if source.is_dir():
+        return read_labelled_folder(source)
+    suffix = source.suffix.lower()
+    if suffix == ".txt":
+        lines = [line for line in read_text_file(source).splitlines() if line.strip()]
+        if not lines:
+            raise ScanError(f"{source} holds no examples (empty file)")
+        return {"text": lines}
+    if suffix in (".jsonl", ".json"):
+        text = read_text_file(source)
+        try:
+            if suffix == ".json" and text.lstrip().startswith("["):
+                records = json.loads(text)
+            else:
+                records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise ScanError(f"{source} is not valid JSON lines: {exc}") from exc
+        return _records_to_columns(records, source)
+    if suffix in (".csv", ".tsv"):
+        with open(source, newline="", encoding="utf-8", errors="replace") as f:
+            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+            rows = list(reader)
+        return _records_to_columns(rows, source)
+    if suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as exc:  # pragma: no cover - pyarrow comes with datasets
+            raise ScanError("reading .parquet needs pyarrow: pip install pyarrow") from exc
+        try:
+            table = pq.read_table(source)
+        except Exception as exc:
+            raise ScanError(f"{source} is not a readable parquet file: {exc}") from exc
+        if table.num_rows == 0:
+            raise ScanError(f"{source} holds no examples")
+        return {name: table.column(name).to_pylist() for name in table.column_names}
+    raise ScanError(
+        f"{source}: unsupported file type {suffix or '(none)'}; use .txt, .jsonl, .csv, .tsv, "
+        ".parquet or a folder of .txt files"
+    )
+
+
+def pick_text_columns(names: Sequence[str], text_column: str | None, source: str) -> list[str]:
+    """The text column(s): given ("a" or "a,b" for sentence pairs) or guessed."""
+    if text_column:
+        wanted = [c.strip() for c in text_column.split(",") if c.strip()]
+        if not 1 <= len(wanted) <= 2:
+            raise ScanError(f"--text-column takes one column or two (a pair): {text_column!r}")
+        missing = [c for c in wanted if c not in names]
+        if missing:
+            raise ScanError(
+                f"{source}: text column {missing[0]!r} not found (columns: {', '.join(names)})"
+            )
+        return wanted
+    for guess in TEXT_COLUMN_GUESSES:
+        if guess in names:
+            return [guess]
+    raise ScanError(
+        f"{source}: no text column found (columns: {', '.join(names)}); pass --text-column"
+    )
+
+
+def pick_label_column(names: Sequence[str], label_column: str | None, source: str) -> str:
+    """The label column: given or guessed."""
+    if label_column:
+        if label_column not in names:
+            raise ScanError(
+                f"{source}: label column {label_column!r} not found (columns: {', '.join(names)})"
+            )
+        return label_column
+    for guess in LABEL_COLUMN_GUESSES:
+        if guess in names:
+            return guess
+    raise ScanError(
+        f"{source}: no label column found (columns: {', '.join(names)}); pass --label-column"
+    )
+
+
+def texts_of(
+    columns: Columns, text_cols: list[str], source: str
+) -> tuple[list[str], list[str] | None]:
+    """The text (and optional pair) lists, with None and non-strings rejected clearly."""
+    out = []
+    for name in text_cols:
+        values = columns[name]
+        for i, v in enumerate(values):
+            if not isinstance(v, str):
+                raise ScanError(
+                    f"{source}: column {name!r} row {i} is {type(v).__name__}, not text"
+                )
+        out.append(list(values))
+    return out[0], (out[1] if len(out) > 1 else None)
+
+
+@dataclass
+class Examples:
+    """Rows read from every data source, aligned: texts[i], pairs[i] and labels[i] are one row."""
+
+    texts: list[str]
+    pairs: list[str] | None  # second texts of sentence pairs, or None
+    labels: list[Any] | None  # raw label values (None when labels were not asked for)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def joined(self, sep: str = "\n") -> list[str]:
+        """One text per row: a pair joined by `sep` (language modelling reads both)."""
+        if self.pairs is None:
+            return list(self.texts)
+        return [f"{a}{sep}{b}" for a, b in zip(self.texts, self.pairs, strict=True)]
+
+
+def read_examples(
+    paths: Sequence[str | os.PathLike[str]],
+    text_column: str | None = None,
+    label_column: str | None = None,
+    *,
+    labels: bool = False,
+) -> Examples:
+    """Texts (and pairs, and labels when asked) of every file or labelled folder, row-aligned.
+
+    Every source must give the same shape of row: a single text everywhere or a pair everywhere
+    (a mix would misalign texts and pairs), and a label when `labels` is asked for.
+    """
+    texts: list[str] = []
+    pairs: list[str] = []
+    values: list[Any] = []
+    width: tuple[int, str] | None = None
+    for path in paths:
+        columns = read_table(path)
+        names = list(columns)
+        cols = pick_text_columns(names, text_column, str(path))
+        if width is not None and width[0] != len(cols):
+            raise ScanError(
+                f"{path} gives {'a pair of texts' if len(cols) == 2 else 'one text'} per row but "
+                f"{width[1]} gives {'a pair' if width[0] == 2 else 'one text'}: every source "
+                "needs the same columns"
+            )
+        width = width or (len(cols), str(path))
+        first, second = texts_of(columns, cols, str(path))
+        texts.extend(first)
+        pairs.extend(second or [])
+        if labels:
+            values.extend(columns[pick_label_column(names, label_column, str(path))])
+    if not texts:
+        raise ScanError("the data holds no examples")
+    return Examples(texts, pairs if pairs else None, values if labels else None)

@@ -1,0 +1,1 @@
+"""Deployment: compact and standalone inference exports, loading them, tokenizer rewriting."""

@@ -1,0 +1,212 @@
+"""Writing compact inference models: only the kept embedding rows, with their kept vocabulary.
+
+Two layouts, both written atomically (a crash leaves any previous folder intact):
+
+- compact (default): `config.json` + `model.safetensors` of the model with its vocabulary-sized
+  tensors cut to the kept rows (config ids renumbered), `kept_vocab.json`, the ORIGINAL tokenizer
+  under `original_tokenizer/` and `vocabprune_export.json` (the manifest). Load it with
+  `vocabprune.load_compact`, which remaps the original tokenizer's ids on the way in.
+  The original tokenizer is kept out of the folder's root on purpose: stock code pairing it with
+  the compact model would read the wrong rows.
+- standalone (`standalone=True`): the same model, with the tokenizer rewritten to the kept
+  vocabulary renumbered (see tokenizer_rewrite.py), so stock `AutoTokenizer` + `AutoModel` load
+  and run it with vocabprune not installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vocabprune.core.errors import MismatchError, VocabPruneError
+from vocabprune.core.files import atomic_dir
+from vocabprune.core.model import state_owner
+from vocabprune.core.prune import prune
+from vocabprune.core.restore import restore
+from vocabprune.core.state import PrunedState, attach, detach, get_state
+from vocabprune.core.vocab import DEFAULT_FILENAME, KeptVocab
+from vocabprune.data.sources import Examples
+from vocabprune.deploy.manifest import (
+    MANIFEST,
+    ORIGINAL_TOKENIZER_DIR,
+    build_manifest,
+    check_unknown,
+)
+from vocabprune.deploy.selection import encode
+from vocabprune.deploy.tokenizer_rewrite import (
+    required_ids,
+    rewrite_tokenizer_folder,
+    tokenizer_json,
+)
+
+
+def with_extra_ids(kept: KeptVocab, extra: Iterable[int], *, note: str | None = None) -> KeptVocab:
+    """A kept vocabulary with `extra` ids added (count 0 where the data never had them)."""
+    extra_set = {int(i) for i in extra} - set(kept.kept_ids.tolist())
+    if not extra_set:
+        return kept
+    ids = np.union1d(kept.kept_ids, np.fromiter(extra_set, dtype=np.int64))
+    counts = np.zeros(ids.size, dtype=np.int64)
+    counts[np.searchsorted(ids, kept.kept_ids)] = kept.counts
+    meta = dict(kept.meta)
+    if note:
+        meta[note] = int(meta.get(note, 0)) + len(extra_set)
+    return dataclasses.replace(kept, kept_ids=ids, counts=counts, meta=meta)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+# -- export -----------------------------------------------------------------------------------
+
+
+def _kept_for(model: Any, kept: KeptVocab, data: dict[str, Any] | None) -> KeptVocab:
+    """The kept vocabulary to write: a standalone tokenizer adds the ids it needs (BPE merge
+    parts, byte symbols), which only a full model can provide."""
+    state = get_state(model)
+    if data is not None:
+        need = required_ids(data, kept.kept_ids)
+        if need and state is not None:
+            raise VocabPruneError(
+                f"the standalone tokenizer needs {len(need)} more ids (merge parts, byte "
+                "symbols) than the model was pruned with; export from the full model"
+            )
+        kept = with_extra_ids(kept, need, note="tokenizer_required_ids")
+    if state is not None and state.kept != kept:
+        raise MismatchError("the model is pruned with another kept vocabulary than the one given")
+    return kept
+
+
+def _write_compact_model(owner: Any, state: PrunedState, folder: Path) -> None:
+    """Save the model as it is now, kept rows only, as an ordinary model (no full-size hooks)."""
+    detach(owner, state)
+    try:
+        owner.save_pretrained(folder, safe_serialization=True)
+    finally:
+        attach(owner, state)
+
+
+def _write_tokenizer(
+    folder: Path, tokenizer: Any, kept: KeptVocab, data: dict[str, Any] | None
+) -> None:
+    """The original tokenizer beside a compact model, or rewritten for a standalone one."""
+    if data is None:
+        tokenizer.save_pretrained(folder / ORIGINAL_TOKENIZER_DIR)
+        return
+    tokenizer.save_pretrained(folder)
+    rewrite_tokenizer_folder(
+        folder,
+        data,
+        kept.kept_ids.tolist(),
+        model_input_names=getattr(tokenizer, "model_input_names", None),
+    )
+
+
+def export_pruned(
+    model: Any,
+    tokenizer: Any,
+    kept: KeptVocab,
+    out: str | os.PathLike[str],
+    *,
+    standalone: bool = False,
+    overwrite: bool = False,
+    unknown: str = "error",
+    meta: dict[str, Any] | None = None,
+    verify: Callable[[Path], dict[str, Any]] | None = None,
+) -> tuple[Path, KeptVocab, dict[str, Any]]:
+    """Write a compact (or standalone) inference model of `model` restricted to `kept`.
+
+    The model may be full (it is pruned for the write and restored after) or already pruned
+    with this kept vocabulary (e.g. after pruned fine-tuning; it stays pruned). For a
+    standalone export the ids the rewritten tokenizer needs (BPE merge parts, byte symbols) are
+    added to the kept vocabulary first; the kept vocabulary actually written is returned.
+    `verify(tmp_folder)` runs on the finished folder before it is renamed into place; it may
+    raise to abort the export. Returns (folder, kept vocabulary written, verify's report).
+    """
+    check_unknown(unknown)
+    kept.check_tokenizer(tokenizer)
+    data = tokenizer_json(tokenizer) if standalone else None
+    kept = _kept_for(model, kept, data)
+    was_pruned = get_state(model) is not None
+    state = get_state(model) or prune(model, kept)
+    report: dict[str, Any] = {}
+    try:
+        owner = state_owner(model)
+        manifest = build_manifest(owner, state, standalone=standalone, unknown=unknown, meta=meta)
+        with atomic_dir(out, overwrite=overwrite) as tmp:
+            _write_compact_model(owner, state, tmp)
+            kept.save(tmp / DEFAULT_FILENAME)
+            _write_tokenizer(tmp, tokenizer, kept, data)
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+            if verify is not None:
+                report = verify(tmp) or {}
+    finally:
+        if not was_pruned and get_state(model) is not None:
+            restore(model)
+    return Path(out), kept, report
+
+
+# -- checking a standalone tokenizer ----------------------------------------------------------
+
+
+def _sequence_changes(old: list[int], new: list[int]) -> int:
+    if old == new:
+        return 0
+    matcher = difflib.SequenceMatcher(a=old, b=new, autojunk=False)
+    return len(old) - sum(block.size for block in matcher.get_matching_blocks())
+
+
+def verify_standalone_tokenizer(
+    folder: Path,
+    tokenizer: Any,
+    corpus: Examples,
+    encoded: list[list[int]],
+    max_length: int | None,
+    *,
+    lossless: bool,
+) -> dict[str, Any]:
+    """Tokenize the corpus with the rewritten tokenizer as stock code loads it, and compare.
+
+    Lossless exports must reproduce every sequence exactly (renumbered); otherwise the export
+    is aborted. Lossy ones report how many corpus tokens changed.
+    """
+    from transformers import AutoTokenizer
+
+    kept = KeptVocab.load(folder / DEFAULT_FILENAME)
+    new_tok = AutoTokenizer.from_pretrained(str(folder))
+    if len(new_tok) != kept.size:
+        raise VocabPruneError(
+            f"rewritten tokenizer has {len(new_tok)} tokens, the kept vocabulary {kept.size}"
+        )
+    table = kept.old_to_new
+    new_encoded = encode(new_tok, corpus, max_length)
+    changed_examples = 0
+    changed_tokens = 0
+    new_total = 0
+    for old, new in zip(encoded, new_encoded, strict=True):
+        old_new = [int(table[i]) for i in old]
+        new_total += len(new)
+        if old_new != list(new):
+            changed_examples += 1
+            changed_tokens += _sequence_changes(old_new, list(new))
+    if lossless and changed_examples:
+        raise VocabPruneError(
+            f"internal error: the rewritten tokenizer splits {changed_examples} examples "
+            "differently from the original; export aborted"
+        )
+    total = sum(len(e) for e in encoded)
+    return {
+        "tokenizer_check_examples": len(encoded),
+        "changed_examples": changed_examples,
+        "changed_tokens": changed_tokens,
+        "changed_fraction": changed_tokens / total if total else 0.0,
+        "standalone_total_tokens": new_total,
+    }

@@ -1,0 +1,148 @@
+"""HF Trainer integration: exact weight decay and resumable checkpoints for a pruned model.
+
+    trainer = Trainer(model=pruned_model, ..., callbacks=[vp.VocabPruneCallback()])
+    vp.check_resume(model, checkpoint)          # only when resuming: validate + load decay state
+    trainer.train(resume_from_checkpoint=checkpoint)
+    vp.restore(model)                           # dropped rows get the tracked decay factor
+
+The callback tracks the weight decay the optimizer applies to the rows the model does not hold
+(vocabprune.decay) and writes `vocabprune.json` into every checkpoint folder: the kept vocabulary's
+digest, its size, the pruned tensors and the decay state. Model weights in a checkpoint are full
+vocabulary (state.py) and the Trainer's resume loads them through `load_state_dict`, which slices
+them to the kept rows; the optimizer state in a checkpoint is kept-rows sized, so a checkpoint is
+only resumable with the same kept vocabulary: `check_resume` refuses any other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from vocabprune.core.errors import MismatchError
+from vocabprune.core.model import model_name
+from vocabprune.core.state import get_state
+from vocabprune.train.decay import EXTRA_KEY, DecayTracker, get_tracker, track_weight_decay
+
+CHECKPOINT_FILE = "vocabprune.json"
+FORMAT = "vocabprune.checkpoint"
+
+
+def _ensure_tracker(model: Any) -> DecayTracker | None:
+    if get_state(model) is None:
+        return None
+    tracker = get_tracker(model)
+    if tracker is None:
+        tracker = DecayTracker(model)
+        tracker.state.extras[EXTRA_KEY] = tracker
+    return tracker
+
+
+def checkpoint_record(model: Any) -> dict[str, Any]:
+    """What `vocabprune.json` holds for this model now."""
+    state = get_state(model)
+    if state is None:
+        return {"format": FORMAT, "pruned": False}
+    tracker = _ensure_tracker(model)
+    return {
+        "format": FORMAT,
+        "pruned": True,
+        "kept_digest": state.kept.digest,
+        "kept_size": state.kept.size,
+        "vocab_size": state.kept.vocab_size,
+        "tensors": [t.name for t in state.tensors],
+        "decay": tracker.state_dict() if tracker is not None else None,
+    }
+
+
+def write_checkpoint_record(model: Any, folder: str | os.PathLike[str]) -> Path:
+    path = Path(folder) / CHECKPOINT_FILE
+    path.write_text(json.dumps(checkpoint_record(model), indent=2))
+    return path
+
+
+def check_resume(model: Any, checkpoint: str | os.PathLike[str]) -> dict[str, Any]:
+    """Refuse a checkpoint made with another model or kept vocabulary; load its decay state.
+
+    Call before `trainer.train(resume_from_checkpoint=checkpoint)` (the model pruned or not,
+    as it was when the checkpoint was written)."""
+    folder = Path(checkpoint)
+    path = folder / CHECKPOINT_FILE
+    state = get_state(model)
+    if not folder.is_dir():
+        raise MismatchError(f"checkpoint folder not found: {folder}")
+    if not path.exists():
+        if state is None:
+            return {"pruned": False}
+        raise MismatchError(
+            f"checkpoint {folder} has no {CHECKPOINT_FILE}: it was not written by a pruned "
+            "vocabprune run, and its optimizer state does not fit the pruned model"
+        )
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MismatchError(f"checkpoint file {path} is unreadable: {exc}") from exc
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise MismatchError(f"{path} is not a vocabprune checkpoint record")
+    if not record.get("pruned"):
+        if state is None:
+            return record
+        raise MismatchError(
+            f"checkpoint {folder} comes from an unpruned run; resume it without pruning"
+        )
+    if state is None:
+        raise MismatchError(
+            f"checkpoint {folder} comes from a pruned run ({record.get('kept_size')} kept ids): "
+            "prune the model with the same kept vocabulary before resuming"
+        )
+    name = model_name(model)
+    if record.get("vocab_size") != state.kept.vocab_size:
+        raise MismatchError(
+            f"checkpoint {folder} was made for a vocabulary of {record.get('vocab_size')} ids, "
+            f"model {name!r} has {state.kept.vocab_size}"
+        )
+    if record.get("kept_digest") != state.kept.digest:
+        raise MismatchError(
+            f"checkpoint {folder} was made with another kept vocabulary "
+            f"({record.get('kept_size')} ids, digest {record.get('kept_digest')}; this run keeps "
+            f"{state.kept.size} ids, digest {state.kept.digest}): its optimizer state "
+            "does not fit; resume with the kept vocabulary saved with the checkpoint run"
+        )
+    if sorted(record.get("tensors") or []) != sorted(t.name for t in state.tensors):
+        raise MismatchError(
+            f"checkpoint {folder} pruned {record.get('tensors')}, this model prunes "
+            f"{[t.name for t in state.tensors]}"
+        )
+    tracker = _ensure_tracker(model)
+    if tracker is not None and record.get("decay"):
+        tracker.load_state_dict(record["decay"])
+    return record
+
+
+class VocabPruneCallback(TrainerCallback):
+    """Trainer callback: exact weight decay for the dropped rows, and `vocabprune.json` in every
+    checkpoint (see `check_resume`). Harmless on an unpruned model (it records that)."""
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any):
+        tracker = _ensure_tracker(model)
+        if tracker is not None:
+            optimizer = kw.get("optimizer")
+            if optimizer is not None:
+                track_weight_decay(optimizer, model)
+            else:  # transformers 5 passes no optimizer to callbacks: hook optimizer steps
+                tracker.attach_global()
+
+    def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any):
+        tracker = get_tracker(model) if model is not None else None
+        if tracker is not None:
+            tracker.detach()
+
+    def on_save(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any):
+        if not state.is_world_process_zero or model is None:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            write_checkpoint_record(model, folder)
