@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint style bench clean
+.PHONY: install demo test lint style docs bench clean
 
 $(STAMP): pyproject.toml requirements-fixtures.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,8 @@ demo: install
 
 test: install
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site-check && rm -rf build/site-check
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider tests
 
 lint: install
@@ -33,8 +35,12 @@ style: install
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 	$(VENV)/bin/ruff format src tests benchmarks
 
+# The API reference and the design pages, built from the docstrings into site/.
+docs: install
+	$(VENV)/bin/mkdocs build --strict
+
 bench: install
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
+	rm -rf $(VENV) runs build site *.egg-info src/*.egg-info

@@ -158,3 +158,36 @@ def test_e5_250k_vocabulary(bbc_texts):
     kept = _kept(tokenizer, bbc_texts["text"][:300], path, max_length=128)
     assert kept.vocab_size == 250_037
     _seq_cls_roundtrip(path, kept)
+
+
+def test_concurrent_stock_loads_are_unaffected(minilm_dir, minilm_tokenizer):
+    """load_pruned patches nothing in transformers: stock from_pretrained running in other
+    threads at the same time still loads the full model."""
+    import threading
+
+    from transformers import AutoModel
+
+    kept = _kept(minilm_tokenizer, ["a few words for a small kept vocabulary"], minilm_dir)
+    reference = AutoModel.from_pretrained(minilm_dir).get_input_embeddings().weight.detach()
+    results: dict[str, object] = {}
+    start = threading.Barrier(4)
+
+    def stock(name: str) -> None:
+        start.wait()
+        for i in range(2):
+            weight = AutoModel.from_pretrained(minilm_dir).get_input_embeddings().weight
+            results[f"{name}{i}"] = torch.equal(weight.detach(), reference)
+
+    def pruned() -> None:
+        start.wait()
+        for i in range(3):
+            model = load_pruned(AutoModel, minilm_dir, kept)
+            results[f"pruned{i}"] = model.get_input_embeddings().weight.shape[0] == kept.size
+
+    threads = [threading.Thread(target=stock, args=(f"stock{t}",)) for t in range(3)]
+    threads.append(threading.Thread(target=pruned))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 9 and all(results.values()), results

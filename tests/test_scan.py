@@ -175,3 +175,29 @@ def test_kept_vocab_keeps_specials_and_round_trips(minilm_tokenizer, tmp_path):
     path.write_text("{not json")
     with pytest.raises(vp.VocabPruneError, match="not valid JSON"):
         vp.KeptVocab.load(path)
+
+
+def test_one_reader_keeps_texts_pairs_and_labels_aligned_across_files(tmp_path):
+    """Every job reads through read_examples: rows of several files (of different lengths, with
+    sentence pairs) stay aligned text-for-pair-for-label, in file order."""
+    from vocabprune.data.sources import read_examples
+
+    rows_a = [{"q": f"question a{i}", "d": f"answer a{i}", "label": f"la{i % 2}"} for i in range(3)]
+    rows_b = [{"q": f"question b{i}", "d": f"answer b{i}", "label": f"lb{i % 3}"} for i in range(5)]
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in rows_a))
+    with open(tmp_path / "b.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["label", "d", "q"])  # other column order
+        writer.writeheader()
+        writer.writerows(rows_b)
+    paths = [tmp_path / "a.jsonl", tmp_path / "b.csv"]
+    got = read_examples(paths, "q,d", labels=True)
+    want = rows_a + rows_b
+    assert got.texts == [r["q"] for r in want]
+    assert got.pairs == [r["d"] for r in want]
+    assert got.labels == [r["label"] for r in want]
+    assert got.joined(" | ")[4] == "question b1 | answer b1"
+    single = read_examples(paths, "q")
+    assert single.pairs is None and single.labels is None and len(single) == 8
+    (tmp_path / "c.csv").write_text("q,label\nonly a question,x\n")
+    with pytest.raises(ScanError, match=r"c\.csv: text column 'd' not found"):
+        read_examples([*paths, tmp_path / "c.csv"], "q,d")

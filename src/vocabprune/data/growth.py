@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from vocabprune.core.errors import VocabPruneError
+
 COVERAGE_LEVELS = (0.5, 0.9, 0.95, 0.99, 0.999, 1.0)
 
 
@@ -146,73 +148,92 @@ def split_overlap(splits: Mapping[str, np.ndarray]) -> dict[str, Any]:
     return out
 
 
+PLOT_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
+
+
+def plot_format(path: str) -> str:
+    """The figure format a file name asks for (.png, .pdf, .svg); any other suffix is refused."""
+    from pathlib import Path
+
+    suffix = Path(path).suffix.lower()
+    if suffix not in PLOT_FORMATS:
+        raise VocabPruneError(
+            f"--plot {path}: unknown figure format {suffix or '(no suffix)'}; "
+            f"use {', '.join(PLOT_FORMATS)}"
+        )
+    return PLOT_FORMATS[suffix]
+
+
+def _growth_panel(ax: Any, report: Mapping[str, Any]) -> None:
+    growth = report["growth"]
+    n = np.asarray(growth["curve"]["tokens"], dtype=np.float64)
+    v = np.asarray(growth["curve"]["distinct_ids"], dtype=np.float64)
+    k_fit, beta = growth["heaps_K"], growth["heaps_beta"]
+    start = growth.get("heaps_fit_from_tokens", 1)
+    ax.plot(n, v, lw=2, label="distinct ids (expected, random token order)")
+    fitted = n >= start
+    label = f"Heaps' fit: {k_fit:.2f} · n^{beta:.3f} (fitted from n = {start:,})"
+    ax.plot(n[fitted], k_fit * n[fitted] ** beta, "--", lw=1.5, label=label)
+    size = report["vocab_size"]
+    ax.axhline(size, color="grey", lw=0.8, ls=":")
+    ax.text(
+        n[-1] if n.size else 1, size, f"vocabulary {size:,}", va="bottom", ha="right", fontsize=8
+    )
+    ax.set_ylim(0.8, size * 3)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("distinct ids")
+    ax.set_title("Vocabulary growth")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(True, which="both", alpha=0.25)
+
+
+def _coverage_panel(ax: Any, report: Mapping[str, Any], counts: np.ndarray) -> None:
+    k, share = coverage(counts)
+    ax.plot(k, 100 * share, lw=2)
+    for level, height in (("90%", 8), ("99%", 30), ("99.9%", 52)):
+        ids = report["growth"]["coverage_ids"][level]
+        ax.axvline(ids, color="grey", lw=0.6, ls=":")
+        ax.text(ids, height, f"{level}: {ids:,} ", fontsize=8, ha="right", va="bottom")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 101)
+    ax.set_xlabel("k most frequent ids")
+    ax.set_ylabel("% of tokens covered")
+    ax.set_title("Top-k coverage")
+    ax.grid(True, which="both", alpha=0.25)
+
+
+def _title(report: Mapping[str, Any]) -> str:
+    parts = [p for p in str(report.get("model", "")).replace("\\", "/").split("/") if p]
+    while len(parts) > 1 and parts[-1] in ("model", "models", "snapshots"):
+        parts.pop()
+    model = parts[-1] if parts else "model"
+    return (
+        f"{model}: {report['total_tokens']:,} tokens, {report['ids_in_data']:,} of "
+        f"{report['vocab_size']:,} ids used (max length {report.get('max_length') or 'none'})"
+    )
+
+
 def plot(report: Mapping[str, Any], counts: np.ndarray, path: str) -> str:
-    """Two panels: vocabulary growth with the Heaps' fit, and top-k coverage. Writes a PNG."""
+    """Two panels: vocabulary growth with the Heaps' fit, and top-k coverage. Writes the format
+    the file name asks for (PNG, PDF or SVG), atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    growth = report["growth"]
-    n = np.asarray(growth["curve"]["tokens"], dtype=np.float64)
-    v = np.asarray(growth["curve"]["distinct_ids"], dtype=np.float64)
-    k_fit, beta = growth["heaps_K"], growth["heaps_beta"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    ax1.plot(n, v, lw=2, label="distinct ids (expected, random token order)")
-    fitted = n >= growth.get("heaps_fit_from_tokens", 1)
-    ax1.plot(
-        n[fitted],
-        k_fit * n[fitted] ** beta,
-        "--",
-        lw=1.5,
-        label=f"Heaps' fit: {k_fit:.2f} · n^{beta:.3f} (fitted from n = "
-        f"{growth.get('heaps_fit_from_tokens', 1):,})",
-    )
-    ax1.axhline(report["vocab_size"], color="grey", lw=0.8, ls=":")
-    ax1.text(
-        n[-1] if n.size else 1,
-        report["vocab_size"],
-        f"vocabulary {report['vocab_size']:,}",
-        va="bottom",
-        ha="right",
-        fontsize=8,
-    )
-    ax1.set_ylim(0.8, report["vocab_size"] * 3)
-    ax1.set_xscale("log")
-    ax1.set_yscale("log")
-    ax1.set_xlabel("tokens seen")
-    ax1.set_ylabel("distinct ids")
-    ax1.set_title("Vocabulary growth")
-    ax1.legend(fontsize=8, loc="lower right")
-    ax1.grid(True, which="both", alpha=0.25)
-
-    k, share = coverage(counts)
-    ax2.plot(k, 100 * share, lw=2)
-    for level, height in (("90%", 8), ("99%", 30), ("99.9%", 52)):
-        ids = growth["coverage_ids"][level]
-        ax2.axvline(ids, color="grey", lw=0.6, ls=":")
-        ax2.text(ids, height, f"{level}: {ids:,} ", fontsize=8, ha="right", va="bottom")
-    ax2.set_xscale("log")
-    ax2.set_ylim(0, 101)
-    ax2.set_xlabel("k most frequent ids")
-    ax2.set_ylabel("% of tokens covered")
-    ax2.set_title("Top-k coverage")
-    ax2.grid(True, which="both", alpha=0.25)
-    parts = [p for p in str(report.get("model", "")).replace("\\", "/").split("/") if p]
-    while len(parts) > 1 and parts[-1] in ("model", "models", "snapshots"):
-        parts.pop()
-    model = parts[-1] if parts else "model"
-    fig.suptitle(
-        f"{model}: {report['total_tokens']:,} tokens, {report['ids_in_data']:,} of "
-        f"{report['vocab_size']:,} ids used (max length {report.get('max_length') or 'none'})",
-        fontsize=10,
-    )
-    fig.tight_layout()
     from vocabprune.core.files import atomic_file
 
+    fmt = plot_format(path)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     try:
+        _growth_panel(ax1, report)
+        _coverage_panel(ax2, report, counts)
+        fig.suptitle(_title(report), fontsize=10)
+        fig.tight_layout()
         with atomic_file(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
+            fig.savefig(tmp, dpi=110, format=fmt)
     finally:
         plt.close(fig)
     return str(path)

@@ -191,24 +191,16 @@ def read_examples(
 ) -> Examples:
     """Texts (and pairs, and labels when asked) of every file or labelled folder, row-aligned.
 
-    Every source must give the same shape of row: a single text everywhere or a pair everywhere
-    (a mix would misalign texts and pairs), and a label when `labels` is asked for.
+    The same `text_column` applies to every source, so each gives one text per row, or a pair
+    per row everywhere; labels are read when `labels` is asked for.
     """
     texts: list[str] = []
     pairs: list[str] = []
     values: list[Any] = []
-    width: tuple[int, str] | None = None
     for path in paths:
         columns = read_table(path)
         names = list(columns)
         cols = pick_text_columns(names, text_column, str(path))
-        if width is not None and width[0] != len(cols):
-            raise ScanError(
-                f"{path} gives {'a pair of texts' if len(cols) == 2 else 'one text'} per row but "
-                f"{width[1]} gives {'a pair' if width[0] == 2 else 'one text'}: every source "
-                "needs the same columns"
-            )
-        width = width or (len(cols), str(path))
         first, second = texts_of(columns, cols, str(path))
         texts.extend(first)
         pairs.extend(second or [])
