@@ -278,16 +278,27 @@ def batch_for(lm: LM, kept: KeptVocab, seed: int, n: int = 3) -> dict[str, torch
     return {"input_ids": ids, "labels": target}
 
 
-def remap_batch(batch: dict, kept: KeptVocab, labels: bool = True) -> dict:
-    collate = RemapCollator(lambda feats: dict(feats[0]), kept, remap_labels=labels)
+def remap_batch(batch: dict, model: nn.Module, labels: bool = True) -> dict:
+    """The data-side remap, for a model pruned with ids='kept'."""
+    collate = RemapCollator(lambda feats: dict(feats[0]), model, remap_labels=labels)
     return collate([batch])
+
+
+def new_ids(batch: dict, kept: KeptVocab) -> dict:
+    """A batch in kept ids (inputs and labels), without a model: the reference's view."""
+    remapper = vp.IdRemapper(kept)
+    return {k: remapper.to_new(v) for k, v in batch.items()}
+
+
+IDS = [pytest.param("original", id="original-ids"), pytest.param("kept", id="kept-ids")]
 
 
 # -- prune then restore, untouched: bitwise identity --------------------------------------------
 
 
+@pytest.mark.parametrize("ids", IDS)
 @pytest.mark.parametrize("name", FAMILIES)
-def test_prune_restore_identity(name):
+def test_prune_restore_identity(name, ids):
     lm = build(name)
     model = lm.model
     before, ties = snapshot(model), sharing(model)
@@ -296,7 +307,7 @@ def test_prune_restore_identity(name):
     rows = model.get_input_embeddings().weight.shape[0]
     kept = random_kept(lm, 1)
 
-    vp.prune(model, kept)
+    vp.prune(model, kept, ids=ids)
     assert model.get_input_embeddings().weight.shape[0] == kept.size
     out = model.get_output_embeddings()
     assert out.weight.shape[0] == kept.size
@@ -313,10 +324,10 @@ def test_prune_restore_identity(name):
             value = getattr(cfg, attr, None) if cfg is not None else None
             orig = (config if cfg is model.config else gen or {}).get(attr)
             if isinstance(orig, int) and orig >= 0:
-                assert value == kept.new_id(orig), attr
-                moved += value != orig
+                assert value == (kept.new_id(orig) if ids == "kept" else orig), attr
+                moved += kept.new_id(orig) != orig
     if lm.kind != "mlm" and max(lm.specials) > 5:
-        assert moved, "no config id was renumbered: the test would not see a missing remap"
+        assert moved, "no config id is renumbered: the test would not see a wrong remap"
     # Every vocabulary tensor under every name is the kept rows of the original.
     index = torch.as_tensor(kept.kept_ids)
     pruned = snapshot(model)
@@ -340,7 +351,8 @@ def test_prune_restore_identity(name):
 # -- while pruned: the logits are the kept columns of the full logits --------------------------
 
 
-def full_and_pruned_logits(lm: LM, kept: KeptVocab, batch: dict) -> tuple:
+def full_and_pruned_logits(lm: LM, kept: KeptVocab, batch: dict, ids: str = "kept") -> tuple:
+    """(full logits, pruned logits as the model gives them) for one batch without labels."""
     model = lm.model
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     if lm.kind == "seq2seq":
@@ -349,17 +361,25 @@ def full_and_pruned_logits(lm: LM, kept: KeptVocab, batch: dict) -> tuple:
         )
     with torch.no_grad():
         full = model(**inputs).logits
-    vp.prune(model, kept)
+    vp.prune(model, kept, ids=ids)
     with torch.no_grad():
-        small = model(**remap_batch(inputs, kept)).logits
+        small = model(**(remap_batch(inputs, model) if ids == "kept" else inputs)).logits
     return full, small
 
 
+@pytest.mark.parametrize("ids", IDS)
 @pytest.mark.parametrize("name", FAMILIES)
-def test_pruned_logits_are_kept_columns(name):
+def test_pruned_logits_are_kept_columns(name, ids):
+    """ids='kept': the kept columns; ids='original': spread over the original vocabulary (the
+    dropped ids impossible), the kept columns equal to the full model's."""
     lm = build(name, seed=2)
     kept = random_kept(lm, 3)
-    full, small = full_and_pruned_logits(lm, kept, batch_for(lm, kept, 4))
+    full, small = full_and_pruned_logits(lm, kept, batch_for(lm, kept, 4), ids)
+    if ids == "original":
+        assert small.shape == full.shape
+        dropped = np.flatnonzero(kept.old_to_new < 0)
+        assert (small[..., dropped] == torch.finfo(small.dtype).min).all()
+        small = small[..., vp.column_ids(lm.model)]
     assert small.shape[-1] == kept.size
     torch.testing.assert_close(small, full[..., kept.kept_ids], rtol=1e-5, atol=1e-5)
     if name == "gemma":  # the sqrt(hidden) scaling of the embedding is preserved
@@ -371,8 +391,12 @@ def test_pruned_logits_are_kept_columns(name):
 # -- training: labels remapped, dropped rows untouched, ties held -------------------------------
 
 
+@pytest.mark.parametrize("ids", IDS)
 @pytest.mark.parametrize("name", FAMILIES)
-def test_training_touches_only_kept_rows(name):
+def test_training_touches_only_kept_rows(name, ids):
+    """The model's own loss on labels is the kept-softmax loss (ids='original': labels in
+    tokenizer ids, remapped inside; seq2seq decoder inputs derived from them), and training moves
+    only kept rows."""
     lm = build(name, seed=5)
     model = lm.model
     before, ties = snapshot(model), sharing(model)
@@ -382,10 +406,11 @@ def test_training_touches_only_kept_rows(name):
     assert (batch["labels"] == -100).any()
 
     # The reference loss: the full model's logits restricted to the kept columns, in kept ids.
-    labels_new = remap_batch(batch, kept)["labels"]
+    labels_new = new_ids(batch, kept)["labels"]
     assert torch.equal(labels_new == -100, batch["labels"] == -100)
     assert not torch.equal(labels_new, batch["labels"])
-    full, _ = full_and_pruned_logits(lm, kept, batch)
+    full, _ = full_and_pruned_logits(lm, kept, batch, ids)
+    fed = remap_batch(batch, model) if ids == "kept" else batch
     restricted = full[..., kept.kept_ids]
     if lm.kind == "causal":
         ref = F.cross_entropy(
@@ -394,15 +419,18 @@ def test_training_touches_only_kept_rows(name):
     else:
         ref = F.cross_entropy(restricted.reshape(-1, kept.size), labels_new.reshape(-1))
 
-    with torch.no_grad():  # the model's own loss on remapped labels is the restricted loss
-        loss = model(**remap_batch(batch, kept)).loss
+    with torch.no_grad():  # the model's own loss is the restricted loss
+        loss = model(**fed).loss
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
 
     model.train()
     torch.manual_seed(0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     for _ in range(3):
-        loss = model(**remap_batch(batch, kept)).loss
+        out = model(**fed)
+        if ids == "original":  # training on its own loss: the logits are the kept columns
+            assert out.logits.shape[-1] == kept.size
+        loss = out.loss
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -430,8 +458,12 @@ def test_training_touches_only_kept_rows(name):
 # -- generation: original ids in and out ---------------------------------------------------------
 
 
+@pytest.mark.parametrize("ids", IDS)
 @pytest.mark.parametrize("name", GENERATIVE)
-def test_generate_returns_original_ids(name):
+def test_generate_returns_original_ids(name, ids):
+    """ids='original': stock generate() takes and returns original ids; ids='kept': vp.generate
+    does (and raw generate() works in kept ids). Either way the kept-restricted full model's
+    output, in original ids."""
     lm = build(name, seed=8)
     model = lm.model
     kept = random_kept(lm, 9)
@@ -452,41 +484,51 @@ def test_generate_returns_original_ids(name):
         unrestricted = model.generate(input_ids=prompt, **args)
     assert unrestricted.shape == want.shape
 
-    vp.prune(model, kept)
+    vp.prune(model, kept, ids=ids)
     with torch.no_grad():
         got = vp.generate(model, prompt, **args)
+        out = vp.generate(model, prompt, return_dict_in_generate=True, output_scores=True, **args)
     assert torch.equal(got, want)
     assert all(int(i) in kept for i in got.flatten())
-    # A dict output: sequences in original ids, scores over the kept columns.
-    with torch.no_grad():
-        out = vp.generate(model, prompt, return_dict_in_generate=True, output_scores=True, **args)
-    assert torch.equal(out.sequences, want)
-    assert out.scores[0].shape[-1] == kept.size
-    # Without the helper, generate() works in kept ids (the config ids follow the map).
-    with torch.no_grad():
-        raw = model.generate(
-            input_ids=remap_batch({"input_ids": prompt}, kept)["input_ids"],
-            **{**args, "pad_token_id": kept.new_id(eos)},
-        )
-    assert torch.equal(torch.as_tensor(kept.kept_ids)[raw], want)
+    assert torch.equal(out.sequences, want)  # a dict output: sequences in original ids
+    if ids == "original":
+        with torch.no_grad():
+            stock = model.generate(input_ids=prompt, **args)
+        assert torch.equal(stock, want)
+        assert out.scores[0].shape[-1] == rows  # scores by token id
+    else:
+        assert out.scores[0].shape[-1] == kept.size  # scores over the kept columns
+        with torch.no_grad():  # raw generate() works in kept ids (the config ids follow the map)
+            raw = model.generate(
+                input_ids=remap_batch({"input_ids": prompt}, model)["input_ids"],
+                **{**args, "pad_token_id": kept.new_id(eos)},
+            )
+        assert torch.equal(torch.as_tensor(kept.kept_ids)[raw], want)
     vp.restore(model)
     with torch.no_grad():
         assert torch.equal(vp.generate(model, prompt, **args), unrestricted)
+        assert torch.equal(model.generate(input_ids=prompt, **args), unrestricted)
 
 
-def test_generate_refuses_ids_outside_the_kept_vocabulary():
+@pytest.mark.parametrize("ids", IDS)
+def test_generate_refuses_ids_outside_the_kept_vocabulary(ids):
     lm = build("llama")
     kept = random_kept(lm, 1)
-    vp.prune(lm.model, kept)
+    vp.prune(lm.model, kept, ids=ids)
     outside = next(i for i in lm.text_ids if i not in kept)
     with pytest.raises(VocabPruneError, match="not in the kept vocabulary"):
         vp.generate(lm.model, torch.tensor([[outside]]), max_new_tokens=2)
-    with pytest.raises(VocabPruneError, match="eos_token_id"):
-        vp.generate(lm.model, torch.tensor([[11]]), max_new_tokens=2, eos_token_id=outside)
+    if ids == "original":
+        with pytest.raises(VocabPruneError, match=f"token id {outside} is not in the kept"):
+            lm.model.generate(input_ids=torch.tensor([[outside]]), max_new_tokens=2)
+    else:
+        with pytest.raises(VocabPruneError, match="eos_token_id"):
+            vp.generate(lm.model, torch.tensor([[11]]), max_new_tokens=2, eos_token_id=outside)
     vp.restore(lm.model)
 
 
-def test_generate_remaps_id_lists_of_the_generation_config():
+@pytest.mark.parametrize("ids", IDS)
+def test_generate_remaps_id_lists_of_the_generation_config(ids):
     lm = build("llama", seed=3)
     model = lm.model
     kept = random_kept(lm, 4)
@@ -506,7 +548,7 @@ def test_generate_remaps_id_lists_of_the_generation_config():
         want = model.generate(
             input_ids=prompt, bad_words_ids=[[free[1]]], suppress_tokens=[free[0], *banned], **args
         )
-    vp.prune(model, kept)
+    vp.prune(model, kept, ids=ids)
     with torch.no_grad():
         got = vp.generate(model, prompt, **args)
     assert torch.equal(got, want)
@@ -518,8 +560,9 @@ def test_generate_remaps_id_lists_of_the_generation_config():
 # -- inputs-only pruning: output="keep" ----------------------------------------------------------
 
 
+@pytest.mark.parametrize("ids", IDS)
 @pytest.mark.parametrize("name", UNTIED)
-def test_inputs_only_keeps_the_full_softmax(name):
+def test_inputs_only_keeps_the_full_softmax(name, ids):
     lm = build(name, seed=11)
     model = lm.model
     rows = model.get_input_embeddings().weight.shape[0]
@@ -534,20 +577,18 @@ def test_inputs_only_keeps_the_full_softmax(name):
     with torch.no_grad():
         full = model(**inputs, labels=batch["labels"])
 
-    vp.prune(model, kept, output="keep")
+    vp.prune(model, kept, output="keep", ids=ids)
     head = model.get_output_embeddings()
     assert head.weight.shape[0] == rows
     assert model.config.vocab_size == rows  # the loss reshapes logits by config.vocab_size
-    # Inputs remapped, labels NOT remapped: the head is full.
-    remapped = {
-        **remap_batch(inputs, kept),
-        "labels": batch["labels"],
-    }
-    assert torch.equal(
-        RemapCollator(lambda f: dict(f[0]), kept)([batch])["labels"], batch["labels"]
-    )
+    # Labels are NOT remapped: the head is full (RemapCollator knows, by default).
+    fed = {**(remap_batch(inputs, model) if ids == "kept" else inputs), "labels": batch["labels"]}
+    if ids == "kept":
+        assert torch.equal(
+            RemapCollator(lambda f: dict(f[0]), model)([batch])["labels"], batch["labels"]
+        )
     with torch.no_grad():
-        small = model(**remapped)
+        small = model(**fed)
     assert small.logits.shape[-1] == rows
     torch.testing.assert_close(small.logits, full.logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(small.loss, full.loss, rtol=1e-5, atol=1e-6)
@@ -555,7 +596,7 @@ def test_inputs_only_keeps_the_full_softmax(name):
         vp.generate(model, batch["input_ids"], max_new_tokens=2)
     # Training moves the whole head and only the kept input rows.
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    model(**remapped).loss.backward()
+    model(**fed).loss.backward()
     opt.step()
     vp.restore(model)
     after = snapshot(model)
@@ -670,17 +711,15 @@ def test_masked_lm_collator_draws_kept_ids(minilm_tokenizer):
     counts = np.zeros(len(tok), dtype=np.int64)
     counts[kept_text] = 1
     kept = KeptVocab.from_counts(counts, tokenizer=tok)
-    collate = RemapCollator(
-        MaskedLMCollator(tok, kept_text, probability=0.5, seed=1), kept, remap_labels=True
-    )
-    batch = collate([{"input_ids": ids[0]}] * 16)  # raises if a random id were not kept
+    collate = MaskedLMCollator(tok, kept_text, probability=0.5, seed=1)
+    batch = collate([{"input_ids": ids[0]}] * 16)
+    assert all(int(i) in kept for i in batch["input_ids"].flatten())  # random ids are kept ids
     labels = batch["labels"]
     assert (labels == -100).any() and (labels != -100).any()
-    new_mask = kept.new_id(tok.mask_token_id)
-    masked = batch["input_ids"] == new_mask
+    masked = batch["input_ids"] == tok.mask_token_id
     assert 0.3 < masked.sum() / (labels != -100).sum() < 0.95
-    # Labels are the original ids at the chosen positions, remapped.
-    orig = torch.as_tensor(kept.old_to_new)[torch.as_tensor(ids[0])].expand_as(labels)
+    # Labels are the original ids at the chosen positions.
+    orig = torch.as_tensor(ids[0]).expand_as(labels)
     chosen = labels != -100
     assert torch.equal(labels[chosen], orig[chosen])
     assert not (chosen & (batch["attention_mask"] == 0)).any()

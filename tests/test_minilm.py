@@ -113,12 +113,13 @@ def test_plain_pytorch_loop_equals_full(minilm_dir, minilm_tokenizer, small_data
         minilm_tokenizer, texts, model=_fresh_model(minilm_dir), max_length=48
     )
     results = {}
-    for prune in (True, False):
+    for prune in ("original", "kept", False):  # stock collator; data-side remap; full
         model = _fresh_model(minilm_dir)
         collate = base
         if prune:
-            vp.prune(model, kept)
-            collate = vp.RemapCollator(base, kept, tokenizer=minilm_tokenizer)
+            vp.prune(model, kept, ids=prune)
+            if prune == "kept":
+                collate = vp.RemapCollator(base, model)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
         torch.manual_seed(11)
         model.train()
@@ -134,8 +135,9 @@ def test_plain_pytorch_loop_equals_full(minilm_dir, minilm_tokenizer, small_data
             vp.restore(model)
         assert not vp.is_pruned(model)
         results[prune] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    assert results[True][WORD_KEY].shape == (30522, 384)
-    assert _max_diff(results[True], results[False]) <= 1e-5
+    assert results["original"][WORD_KEY].shape == (30522, 384)
+    assert _max_diff(results["original"], results[False]) <= 1e-5
+    assert _max_diff(results["kept"], results[False]) <= 1e-5
 
 
 def test_trainer_checkpoint_while_pruned_is_full_vocabulary(
@@ -156,7 +158,7 @@ def test_trainer_checkpoint_while_pruned_is_full_vocabulary(
         dataloader_pin_memory=False,
         disable_tqdm=True,
     )
-    collator = vp.RemapCollator(DataCollatorWithPadding(minilm_tokenizer), kept)
+    collator = DataCollatorWithPadding(minilm_tokenizer)  # stock: the model reads its ids
     trainer = Trainer(
         model=model,
         args=args,
@@ -192,14 +194,28 @@ def test_save_pretrained_while_pruned_equals_restore(minilm_dir, minilm_tokenize
 
 
 def test_unknown_tokens_error_names_token_or_map_to_unk(minilm_dir, minilm_tokenizer):
-    model = _fresh_model(minilm_dir)
+    model = _fresh_model(minilm_dir).eval()
     kept = vp.build_kept_vocab(minilm_tokenizer, ["markets fell sharply"], model=model)
     base = DataCollatorWithPadding(minilm_tokenizer)
     feats = [dict(minilm_tokenizer("markets rose"))]
-    with pytest.raises(vp.UnknownTokenError, match="'rose'"):
-        vp.RemapCollator(base, kept, tokenizer=minilm_tokenizer)(feats)
-    batch = vp.RemapCollator(base, kept, tokenizer=minilm_tokenizer, unknown="unk")(feats)
-    unk_new = kept.new_id(minilm_tokenizer.unk_token_id)
+    unk = minilm_tokenizer.unk_token_id
+    with torch.no_grad():  # the unpruned model reading [UNK] where "rose" was
+        as_unk = dict(base(feats))
+        as_unk["input_ids"] = as_unk["input_ids"].masked_fill(as_unk["input_ids"] == 3123, unk)
+        want = model(**as_unk).logits
+    # The model reads tokenizer ids: an unseen one is an error naming it (the tokenizer is found
+    # beside the model), and the model is left as it was; unknown="unk" reads it as [UNK].
+    named = "'rose' \\(id 3123\\) is not in the kept"
+    with vp.pruned(model, kept), pytest.raises(vp.UnknownTokenError, match=named):
+        model(**base(feats))
+    with vp.pruned(model, kept, unknown="unk"), torch.no_grad():
+        torch.testing.assert_close(model(**base(feats)).logits, want)
+    # The same policies on the data side, for a model pruned with ids='kept'.
+    with vp.pruned(model, kept, ids="kept"), pytest.raises(vp.UnknownTokenError, match="'rose'"):
+        vp.RemapCollator(base, model)(feats)
+    with vp.pruned(model, kept, ids="kept", unknown="unk"):
+        batch = vp.RemapCollator(base, model)(feats)
+    unk_new = kept.new_id(unk)
     assert batch["input_ids"][0, 2].item() == unk_new
     remapper = vp.IdRemapper(kept)
     ids = torch.tensor([[101, minilm_tokenizer.vocab["markets"], 102, 0]])

@@ -94,7 +94,7 @@ def test_lora_with_pruned_embedding_equals_lora(
     trainable_params = sum(p.numel() for p in lora.parameters() if p.requires_grad)
     if trainable:
         assert trainable_params < 30522 * 384 // 10  # only the kept rows of the embedding copy
-    _train(lora, batch, vp.IdRemapper(kept)(enc["input_ids"]))
+    _train(lora, batch, enc["input_ids"])  # tokenizer ids: the pruned embedding remaps them
     if order == "merge-then-restore":
         merged = lora.merge_and_unload()
         vp.restore(merged)
@@ -108,6 +108,13 @@ def test_lora_with_pruned_embedding_equals_lora(
     got, ref = merged.state_dict(), references[trainable]
     assert got.keys() == ref.keys()
     assert max((got[k] - ref[k]).abs().max().item() for k in ref) <= 1e-5
+    # Restored, the merged model reads tokenizer ids with its full matrix again (no remap left,
+    # not even in the trained copy PEFT made of the pruned embedding).
+    reference = _model(minilm_dir)
+    reference.load_state_dict(ref)
+    merged.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**enc).logits, reference.eval()(**enc).logits)
     # The reference really trained what the test claims: LoRA moved attention weights, and the
     # embedding's used rows moved only when it was trainable.
     q = "bert.encoder.layer.0.attention.self.query.weight"

@@ -318,10 +318,11 @@ DTYPES = st.sampled_from([torch.float32, torch.float16, torch.bfloat16])
     st.booleans(),
     DTYPES,
     st.sampled_from(["auto", "keep"]),
+    st.sampled_from(["original", "kept"]),
     st.data(),
 )
 def test_prune_restore_identity_on_a_minimal_model(
-    vocab, dim, has_pad, tied, bias, dtype, out, data
+    vocab, dim, has_pad, tied, bias, dtype, out, ids_mode, data
 ):
     if tied and out == "keep":
         out = "auto"  # inputs-only pruning refuses a tied head (tested elsewhere)
@@ -337,15 +338,17 @@ def test_prune_restore_identity_on_a_minimal_model(
     with torch.no_grad():
         full_out = model(probe)
 
-    vocabprune.prune(model, kept, output=out)
+    vocabprune.prune(model, kept, output=out, ids=ids_mode)
     index = torch.as_tensor(kept.kept_ids)
     assert torch.equal(model.embed.weight.detach(), before["embed.weight"][index])
     assert model.embed.num_embeddings == kept.size
     assert model.embed.padding_idx == (None if pad is None else kept.new_id(pad))
-    assert model.config.pad_token_id == (None if pad is None else kept.new_id(pad))
+    config_pad = pad if ids_mode == "original" or pad is None else kept.new_id(pad)
+    assert model.config.pad_token_id == config_pad
     assert (model.head.weight is model.embed.weight) == tied
+    fed = probe if ids_mode == "original" else torch.as_tensor(IdRemapper(kept).to_new(probe))
     with torch.no_grad():
-        small_out = model(torch.as_tensor(IdRemapper(kept).to_new(probe)))
+        small_out = model(fed)  # a bare tensor out: the kept columns (no logits to spread)
     if out == "keep":
         assert model.config.vocab_size == vocab
         assert model.head.weight.shape[0] == vocab

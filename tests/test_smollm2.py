@@ -66,9 +66,11 @@ def test_prune_generate_restore(folder, tokenizer, bbc_texts):
     assert model.lm_head.weight is model.get_input_embeddings().weight
     assert model.lm_head.weight.shape == (kept.size, 576)
     assert model.config.vocab_size == kept.size
-    assert model.generation_config.eos_token_id == kept.new_id(2)
+    assert model.generation_config.eos_token_id == 2  # config ids stay original
     with torch.no_grad():
         got = vp.generate(model, **inputs, max_new_tokens=10, do_sample=False)
+        stock = model.generate(**inputs, max_new_tokens=10, do_sample=False)
+    assert torch.equal(stock, got)  # the pruned model takes and returns original ids itself
     # The kept ids include every token of the answer: the restricted head finds the same words.
     assert torch.equal(got, want)
     answer = tokenizer.decode(got[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)

@@ -223,8 +223,14 @@ def test_prune_restore_is_bitwise_identity(family, head):
 # -- while pruned: same modules, consistent config, same outputs --------------------------------
 
 
+IDS = [pytest.param("original", id="original-ids"), pytest.param("kept", id="kept-ids")]
+
+
+@pytest.mark.parametrize("ids", IDS)
 @pytest.mark.parametrize("family,head", CASES)
-def test_pruned_forward_matches_full(family, head):
+def test_pruned_forward_matches_full(family, head, ids):
+    """ids='original': tokenizer ids in, config ids untouched, logits over the original
+    vocabulary outside training; ids='kept': remapped ids in, config ids follow the map."""
     tm = build(family, head, seed=seed_of(family, head))
     model = tm.model
     rng = np.random.default_rng(seed_of(family, head, "fwd"))
@@ -241,15 +247,15 @@ def test_pruned_forward_matches_full(family, head):
     config_ids = {a: getattr(model.config, a, None) for a in CONFIG_ID_ATTRS}
     config_ids = {a: v for a, v in config_ids.items() if isinstance(v, int)}
     assert config_ids["pad_token_id"] == tm.spec.pad
-    vocabprune.prune(model, kept)
+    vocabprune.prune(model, kept, ids=ids)
 
     assert model.get_input_embeddings() is emb and type(emb) is emb_class
     assert emb.num_embeddings == kept.size == emb.weight.shape[0]
     assert emb.padding_idx == kept.new_id(tm.spec.pad)
     assert model.config.vocab_size == kept.size
-    assert model.config.pad_token_id == kept.new_id(tm.spec.pad)
     for attr, old_id in config_ids.items():
-        assert getattr(model.config, attr) == kept.new_id(old_id), attr
+        want_id = kept.new_id(old_id) if ids == "kept" else old_id
+        assert getattr(model.config, attr) == want_id, attr
     dim = emb.weight.shape[1]
     n_pruned = trainable(model)
     assert n_pruned < n_full
@@ -271,8 +277,9 @@ def test_pruned_forward_matches_full(family, head):
         labels = batch["labels"]
         new_labels = remapper.to_new(labels)
         assert torch.equal(new_labels == -100, labels == -100)
+    fed = (batch["input_ids"], labels) if ids == "original" else (new_ids, new_labels)
     with torch.no_grad():
-        out = model(input_ids=new_ids, attention_mask=batch["attention_mask"], labels=new_labels)
+        out = model(input_ids=fed[0], attention_mask=batch["attention_mask"], labels=fed[1])
     small = out.logits
     if head == "cls":
         assert small.shape == full.shape
@@ -280,18 +287,28 @@ def test_pruned_forward_matches_full(family, head):
         want_loss = F.cross_entropy(full, labels)
     else:
         want = full[..., torch.as_tensor(kept.kept_ids)]
+        if ids == "original":  # spread over the original ids: kept columns, the rest impossible
+            assert small.shape == full.shape
+            dropped = torch.as_tensor(np.flatnonzero(kept.old_to_new < 0))
+            assert (small[..., dropped] == torch.finfo(small.dtype).min).all()
+            small = small[..., torch.as_tensor(kept.kept_ids)]
+            assert torch.equal(vocabprune.column_ids(model), torch.as_tensor(kept.kept_ids))
         assert small.shape == want.shape
         assert (small - want).abs().max().item() <= 1e-6
         # The model's own loss (which views logits by config.vocab_size) is the kept softmax.
         want_loss = F.cross_entropy(want.reshape(-1, kept.size), new_labels.reshape(-1))
     assert abs(out.loss.item() - want_loss.item()) <= 1e-6
     vocabprune.restore(model)
+    if ids == "original":  # restored: original ids read the full matrix again, no remap
+        with torch.no_grad():
+            again = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        assert torch.equal(again.logits, full)
 
 
 # -- training while pruned equals full fine-tuning ----------------------------------------------
 
 
-def _train(model, batches, steps, loss_fn, lr=1e-3):
+def _train(model, batches, steps, loss_fn, lr=1e-3, own_loss=False):
     # A masked-LM reference (full matmul, dropped columns sliced away) differs from the pruned
     # head by ~1e-7 of float rounding, and Adam divides by the gradient's own scale, so weights
     # with near-zero gradients turn that noise into steps of ~lr. eps=1e-6 (BERT's own AdamW
@@ -302,8 +319,12 @@ def _train(model, batches, steps, loss_fn, lr=1e-3):
     for step in range(steps):
         batch = batches[step % len(batches)]
         torch.manual_seed(1000 + step)  # same dropout masks in both runs
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        loss = loss_fn(out.logits, batch)
+        if own_loss:  # the model's own loss: labels go in (in original ids: remapped inside)
+            out = model(**batch)
+            loss = out.loss
+        else:
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            loss = loss_fn(out.logits, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -326,7 +347,10 @@ def _mlm_loss(columns: torch.Tensor | None):
     return loss
 
 
-def _exactness(family: str, head: str, output: str) -> None:
+def _exactness(family: str, head: str, output: str, ids: str, loss: str) -> None:
+    """Pruned training + restore equals full training. ids='kept': batches remapped by
+    RemapCollator; ids='original': the stock batches. loss='outside': computed from the logits
+    (in original mode, spread over the original vocabulary); 'own': the model's own loss."""
     seed = seed_of(family, head, output)
     tm_full = build(family, head, seed=seed)
     tm = build(family, head, seed=seed)
@@ -342,19 +366,16 @@ def _exactness(family: str, head: str, output: str) -> None:
                 f["label"] = int(rng.integers(0, 3))
     collate = pad_collate(tm.spec.pad)
     full_batches = [collate(g) for g in feats]
-    remap_labels = mlm and output != "keep"
-    small_batches = [RemapCollator(collate, kept, remap_labels=remap_labels)(g) for g in feats]
-    assert not torch.equal(small_batches[0]["input_ids"], full_batches[0]["input_ids"])
+    restricted = mlm and output != "keep"  # the pruned head's softmax: kept ids only
+    remapper = IdRemapper(kept)
 
     index = torch.as_tensor(kept.kept_ids)
     if not mlm:
         full_loss = small_loss = _cls_loss
         ref_batches = full_batches
-    elif output != "keep":
+    elif restricted:  # the reference restricts the full logits; labels as kept columns
         full_loss, small_loss = _mlm_loss(index), _mlm_loss(None)
-        ref_batches = [
-            {**b, "labels": s["labels"]} for b, s in zip(full_batches, small_batches, strict=True)
-        ]
+        ref_batches = [{**b, "labels": remapper.to_new(b["labels"])} for b in full_batches]
     else:  # inputs-only pruning: the full softmax, labels stay original ids
         full_loss = small_loss = _mlm_loss(None)
         ref_batches = full_batches
@@ -371,8 +392,14 @@ def _exactness(family: str, head: str, output: str) -> None:
 
     steps = 4
     _train(tm_full.model, ref_batches, steps, full_loss)
-    vocabprune.prune(tm.model, kept, output=output)
-    _train(tm.model, small_batches, steps, small_loss)
+    vocabprune.prune(tm.model, kept, output=output, ids=ids)
+    if ids == "kept":
+        remap = RemapCollator(collate, tm.model, remap_labels=restricted)
+        small_batches = [remap(g) for g in feats]
+        assert not torch.equal(small_batches[0]["input_ids"], full_batches[0]["input_ids"])
+    else:
+        small_batches = full_batches
+    _train(tm.model, small_batches, steps, small_loss, own_loss=loss == "own")
     vocabprune.restore(tm.model)
 
     got, want = snapshot(tm.model), snapshot(tm_full.model)
@@ -391,8 +418,8 @@ def _exactness(family: str, head: str, output: str) -> None:
     )
     restored_emb = got[emb_name]
     assert torch.equal(restored_emb[dropped], original[emb_name][dropped])
-    used = small_batches[0]["input_ids"][small_batches[0]["attention_mask"].bool()].unique()
-    used_old = torch.as_tensor(kept.kept_ids)[used]
+    used = full_batches[0]["input_ids"][full_batches[0]["attention_mask"].bool()].unique()
+    used_old = used
     assert not torch.equal(restored_emb[used_old], original[emb_name][used_old]), "no training?"
     if mlm and output != "keep":
         head_layer = tm.model.get_output_embeddings()
@@ -408,14 +435,23 @@ def _exactness(family: str, head: str, output: str) -> None:
         assert not torch.equal(got[key][dropped], original[key][dropped])
 
 
+TRAININGS = [
+    pytest.param("kept", "outside", id="kept-ids"),
+    pytest.param("original", "outside", id="original-ids"),
+    pytest.param("original", "own", id="original-ids-own-loss"),
+]
+
+
+@pytest.mark.parametrize("ids,loss", TRAININGS)
 @pytest.mark.parametrize("family,head", CASES)
-def test_training_while_pruned_equals_full_finetuning(family, head):
-    _exactness(family, head, "auto")
+def test_training_while_pruned_equals_full_finetuning(family, head, ids, loss):
+    _exactness(family, head, "auto", ids, loss)
 
 
+@pytest.mark.parametrize("ids,loss", TRAININGS)
 @pytest.mark.parametrize("family", FAMILY_CASES)
-def test_inputs_only_pruning_trains_like_full_softmax(family):
-    _exactness(family, "mlm-untied", "keep")
+def test_inputs_only_pruning_trains_like_full_softmax(family, ids, loss):
+    _exactness(family, "mlm-untied", "keep", ids, loss)
 
 
 @pytest.mark.parametrize("family", FAMILY_CASES)
@@ -561,8 +597,8 @@ def test_save_while_pruned_into_the_source_folder(family, tmp_path):
     track_weight_decay(opt, model)
     for _ in range(3):
         model.zero_grad()
-        ids = torch.as_tensor([[kept.new_id(i) for i in tm.special_ids]])
-        model(input_ids=ids).logits.square().mean().backward()
+        ids = torch.as_tensor([tm.special_ids])
+        model(input_ids=ids, labels=ids).loss.backward()
         opt.step()
     factor = (1 - 0.1 * 0.5) ** 3
     model.save_pretrained(tmp_path)

@@ -51,10 +51,8 @@ def _train(model, make_opt, batches, kept=None, track=True):
     if kept is not None and track:
         track_weight_decay(opt, model)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 - t / (len(batches) + 1))
-    remap = vp.IdRemapper(kept) if kept is not None else None
-    for batch in batches:
-        ids = batch["input_ids"] if remap is None else remap(batch["input_ids"])
-        model(input_ids=ids, labels=batch["labels"]).loss.backward()
+    for batch in batches:  # tokenizer ids: a pruned model remaps them itself
+        model(input_ids=batch["input_ids"], labels=batch["labels"]).loss.backward()
         opt.step()
         sched.step()
         opt.zero_grad()

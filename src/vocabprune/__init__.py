@@ -1,10 +1,9 @@
 """vocabprune: fine-tune with only the embedding rows your data uses, then restore a full model.
 
 kept = vocabprune.build_kept_vocab(tokenizer, train_texts, eval_texts, model=model)
-vocabprune.prune(model, kept)                  # swap in the kept rows, in place
-collator = vocabprune.RemapCollator(DataCollatorWithPadding(tokenizer), kept)
-...train...                                    # saves taken now are full-vocabulary
-vocabprune.restore(model)                      # an ordinary full model again
+vocabprune.prune(model, kept)      # kept rows only, in place; the model still reads tokenizer ids
+...train as you would...           # Trainer, sentence-transformers, TRL, a plain loop
+vocabprune.restore(model)          # an ordinary full model again
 """
 
 from typing import Any
@@ -16,6 +15,7 @@ from vocabprune.core.errors import (
     UnsupportedModelError,
     VocabPruneError,
 )
+from vocabprune.core.hooks import column_ids
 from vocabprune.core.ids import IdRemapper
 from vocabprune.core.load_pruned import load_pruned
 from vocabprune.core.prune import prune, pruned
@@ -58,6 +58,7 @@ __all__ = [
     "VocabPruneError",
     "build_kept_vocab",
     "check_resume",
+    "column_ids",
     "compact_pipeline",
     "count_texts",
     "count_token_ids",

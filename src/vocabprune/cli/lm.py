@@ -2,8 +2,8 @@
 
 The same job as classification: read the texts, count the ids the run will see, prune (input
 embedding and output head together; tied heads stay tied), train through the stock HF Trainer
-with a collator that remaps inputs AND labels (-100 stays -100), restore, and write an ordinary
-full model. The held-out loss is measured after restore, with the full model and the full
+(the pruned model remaps inputs and labels itself; -100 stays -100), restore, and write an
+ordinary full model. The held-out loss is measured after restore, with the full model and the full
 softmax, in original ids: that is the model you get.
 
 A pruned head restricts the training softmax to the kept vocabulary: ids the data never used get
@@ -117,9 +117,7 @@ def run_lm_finetune(opts: FinetuneOptions, *, log: Any = None) -> dict[str, Any]
         meta={"max_length": opts.max_length, "examples": len(order), "task": opts.task},
     )
     base = _collator(opts, tokenizer, pruning.kept, seed=opts.seed)
-    steps.prune_for_training(
-        model, pruning, base, tokenizer=tokenizer, enabled=opts.prune, say=say, remap_labels=True
-    )
+    steps.prune_for_training(model, pruning, base, tokenizer=tokenizer, enabled=opts.prune, say=say)
     scratch = steps.make_scratch(out)
     targs = steps.training_args(opts, scratch, log=log, remove_unused_columns=False)
     trainer, output, seconds = steps.train(

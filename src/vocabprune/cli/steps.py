@@ -1,5 +1,6 @@
 """The steps every `vocabprune finetune` task shares, in the order of the method: choose the
-vocabulary, prune, train through the stock HF Trainer, restore, report and save.
+vocabulary, prune, train through the stock HF Trainer (with its stock collator: the pruned model
+reads original ids), restore, report and save.
 
 The task-specific parts (model class, data set, collator, metrics) stay with the task jobs
 (finetune.py for classification, lm.py for masked and causal LM) and are passed in.
@@ -23,7 +24,6 @@ from vocabprune.cli.options import FinetuneOptions
 from vocabprune.core.errors import ScanError, VocabPruneError
 from vocabprune.core.files import atomic_dir
 from vocabprune.core.prune import prune
-from vocabprune.core.remap import RemapCollator
 from vocabprune.core.restore import restore
 from vocabprune.core.state import get_state
 from vocabprune.core.vocab import KeptVocab
@@ -104,13 +104,12 @@ def prune_for_training(
     tokenizer: Any,
     enabled: bool,
     say: Say,
-    **remap: Any,
 ) -> Pruning:
-    """Prune (when enabled) and wrap the collator in RemapCollator; logs the vocabulary line."""
+    """Prune (when enabled); the model reads the collator's original ids itself. Logs the
+    vocabulary line."""
     t0 = time.perf_counter()
     if enabled:
-        prune(model, pruning.kept)
-        collator = RemapCollator(collator, pruning.kept, tokenizer=tokenizer, **remap)
+        prune(model, pruning.kept, tokenizer=tokenizer)
     pruning.prepare_seconds = time.perf_counter() - t0
     pruning.collator = collator
     pruning.trainable = count_params(model, trainable_only=True)

@@ -40,6 +40,7 @@ class IdRemapper:
         tokenizer: Any = None,
         unknown: UnknownPolicy = "error",
         on_missing: Callable[[list[int]], None] | None = None,
+        tokenizer_loader: Callable[[], Any] | None = None,
     ) -> None:
         if unknown not in ("error", "unk"):
             raise VocabPruneError(f"unknown must be 'error' or 'unk', not {unknown!r}")
@@ -47,6 +48,7 @@ class IdRemapper:
             kept.check_tokenizer(tokenizer)
         self.kept = kept
         self.tokenizer = tokenizer
+        self.tokenizer_loader = tokenizer_loader  # finds a tokenizer to name tokens in errors
         self.unknown = unknown
         self.on_missing = on_missing
         table = kept.old_to_new.copy()
@@ -103,6 +105,9 @@ class IdRemapper:
     def token_name(self, old_id: int) -> str:
         """`'rose' (id 3123)` when the tokenizer is known, else `token id 3123`."""
         token = None
+        if self.tokenizer is None and self.tokenizer_loader is not None:
+            loader, self.tokenizer_loader = self.tokenizer_loader, None
+            self.tokenizer = loader()
         if self.tokenizer is not None:
             try:
                 token = self.tokenizer.convert_ids_to_tokens(int(old_id))
@@ -117,17 +122,22 @@ class IdRemapper:
             raise UnknownTokenError(
                 f"token id {bad} is outside the vocabulary of {self.kept.vocab_size} ids"
             )
-        more = f" and {old_ids.size - 1} more ids" if old_ids.size > 1 else ""
+        more = f" (nor are {old_ids.size - 1} more ids here)" if old_ids.size > 1 else ""
         raise UnknownTokenError(
-            f"{self.token_name(bad)}{more} not in the kept vocabulary ({self.kept.size} ids); "
-            "scan this data too, or use unknown='unk'"
+            f"{self.token_name(bad)} is not in the kept vocabulary of {self.kept.size:,} ids"
+            f"{more}; scan this data too, or use unknown='unk'"
         )
 
     # -- remapping --------------------------------------------------------------------------
 
-    def to_new(self, ids: Any) -> Any:
-        """Remap ids (tensor, ndarray, nested lists), keeping their type; negatives pass through."""
+    def to_new(self, ids: Any, *, inputs: bool = False) -> Any:
+        """Remap ids (tensor, ndarray, nested lists), keeping their type. Negative ids (-100 in
+        labels) pass through, unless `inputs`: token ids fed to an embedding must be >= 0."""
         if isinstance(ids, torch.Tensor):
+            if inputs and ids.numel() and bool((ids < 0).any()):
+                raise UnknownTokenError(
+                    f"token id {int(ids.min())} in the input ids is negative (not a token)"
+                )
             return self._remap_tensor(ids)
         if isinstance(ids, np.ndarray):
             return self._remap_tensor(torch.from_numpy(ids)).numpy()
@@ -221,3 +231,14 @@ def config_id_updates(
         if new != old:
             updates.append((attr, old, new))
     return updates
+
+
+def spread_logits(
+    logits: torch.Tensor, columns: torch.Tensor, size: int, fill: float | None = None
+) -> torch.Tensor:
+    """Logits over kept columns -> logits over the `size` original ids: column j goes to id
+    `columns[j]`, every other id gets `fill` (default: the dtype's lowest value, probability
+    exactly 0 without the NaNs -inf gives entropy-style sums). Differentiable."""
+    value = torch.finfo(logits.dtype).min if fill is None else fill
+    full = logits.new_full((*logits.shape[:-1], size), value)
+    return full.index_copy(-1, columns.to(logits.device), logits)

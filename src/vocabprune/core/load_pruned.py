@@ -28,9 +28,12 @@ from vocabprune.core.checkpoint import (
     stored_keys,
 )
 from vocabprune.core.errors import MismatchError, UnsupportedModelError, VocabPruneError
+from vocabprune.core.ids import UnknownPolicy
+from vocabprune.core.model import prune_target, wrapper_tokenizer
+from vocabprune.core.prune import remapper_for
 from vocabprune.core.rowstore import CheckpointRows, RowStore, find_checkpoint_rows, offload
 from vocabprune.core.state import PrunedTensor
-from vocabprune.core.surgery import perform, plan, vocab_tensors
+from vocabprune.core.surgery import IdsMode, LogitsMode, perform, plan, vocab_tensors
 from vocabprune.core.vocab import KeptVocab
 
 # from_pretrained arguments that are not config overrides.
@@ -54,15 +57,26 @@ def load_pruned(
     auto_class: Any,
     path: str | os.PathLike[str],
     kept: KeptVocab,
+    *,
+    ids: IdsMode = "original",
+    unknown: UnknownPolicy = "error",
+    logits: LogitsMode = "auto",
+    tokenizer: Any = None,
     **kwargs: Any,
 ) -> Any:
-    """`auto_class.from_pretrained(path, **kwargs)` then `prune(model, kept)`, without ever
-    holding the dropped rows: only the kept rows of each vocabulary-sized matrix are read.
+    """`auto_class.from_pretrained(path, **kwargs)` then `prune(model, kept, ids=..., ...)`,
+    without ever holding the dropped rows: only the kept rows of each vocabulary-sized matrix
+    are read.
 
     Needs a local safetensors checkpoint. Vocabulary-sized output heads are pruned with the input
     embedding (as `prune(..., output="auto")`); `restore(model)` reads the untouched rows back
-    from the same checkpoint.
+    from the same checkpoint. `auto_class` may also be a class that wraps one transformers
+    model and takes `model_kwargs` (SentenceTransformer): it is built with that model on the
+    meta device, which is then replaced by the pruned model loaded from its folder.
     """
+    options = {"ids": ids, "unknown": unknown, "logits": logits, "tokenizer": tokenizer}
+    if not _is_transformers_class(auto_class):
+        return _load_into_wrapper(auto_class, path, kept, options, kwargs)
     folder = Path(path)
     files = checkpoint_files(folder) if folder.is_dir() else {}
     if not files:
@@ -85,7 +99,7 @@ def load_pruned(
     )
     del state_dict
     _as_if_from(model, folder)
-    surgery = plan(model, kept, output="auto")
+    surgery = plan(model, kept, output="auto", ids=ids)
     prefix = getattr(model, "base_model_prefix", None)
     resolved = {k for t in surgery.tensors for k in stored_keys(files, t.names, prefix)}
     if not set(stand_in) <= resolved:  # pragma: no cover - the meta plan and the real one agree
@@ -100,8 +114,57 @@ def load_pruned(
         store = find_checkpoint_rows(folder, tensor.names, live, prefix) or offload(live)
         return live.detach().index_select(tensor.axis, index), store
 
-    perform(surgery, rows)
+    remapper = remapper_for(model, kept, tokenizer, unknown)
+    perform(surgery, rows, remapper=remapper, logits=logits)
     return model
+
+
+def _is_transformers_class(cls: Any) -> bool:
+    """A PreTrainedModel subclass or an Auto class (anything with from_config)."""
+    from transformers import PreTrainedModel
+
+    if isinstance(cls, type) and issubclass(cls, PreTrainedModel):
+        return True
+    return hasattr(cls, "from_config") and hasattr(cls, "from_pretrained")
+
+
+def _load_into_wrapper(
+    wrapper_class: Any,
+    path: str | os.PathLike[str],
+    kept: KeptVocab,
+    options: dict[str, Any],
+    kwargs: dict[str, Any],
+) -> Any:
+    """A wrapper (SentenceTransformer) whose transformers model is loaded pruned: the wrapper is
+    built with that model on the meta device (nothing read), then the model is replaced."""
+    device = kwargs.pop("device", None)
+    model_kwargs = {**(kwargs.pop("model_kwargs", None) or {}), "device_map": "meta"}
+    try:
+        wrapper = wrapper_class(str(path), model_kwargs=model_kwargs, **kwargs)
+    except TypeError as exc:
+        raise UnsupportedModelError(
+            f"load_pruned: {getattr(wrapper_class, '__name__', wrapper_class)} is neither a "
+            "transformers model class nor a wrapper that takes model_kwargs"
+        ) from exc
+    inner = prune_target(wrapper)
+    parent, attr = _parent_of(wrapper, inner)
+    folder = str(getattr(inner, "name_or_path", "") or path)
+    tokenizer = options.pop("tokenizer") or wrapper_tokenizer(wrapper)
+    loaded = load_pruned(
+        type(inner), folder, kept, config=inner.config, tokenizer=tokenizer, **options
+    )
+    setattr(parent, attr, loaded)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return wrapper.to(device)
+
+
+def _parent_of(root: nn.Module, child: nn.Module) -> tuple[nn.Module, str]:
+    for name, module in root.named_modules():
+        if module is child and name:
+            parent_name, _, attr = name.rpartition(".")
+            return root.get_submodule(parent_name), attr
+    raise UnsupportedModelError(f"{type(root).__name__}: cannot find where its model lives")
 
 
 def _split_kwargs(folder: Path, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any], dict]:

@@ -85,3 +85,26 @@ def model_kwargs(cls: Any, folder: str | os.PathLike[str]) -> dict[str, Any]:
     if keys and not any(".pooler." in f".{k}" for k in keys):
         return {"add_pooling_layer": False}
     return {}
+
+
+def folder_tokenizer(model: Any, kept: Any) -> Any:
+    """A function that loads the tokenizer stored beside a model (its from_pretrained folder),
+    or None when it does not match the kept vocabulary; used only to name tokens in errors."""
+
+    def load() -> Any:
+        folder = Path(str(getattr(model, "name_or_path", "") or ""))
+        if (
+            not (folder / "tokenizer_config.json").is_file()
+            and not (folder / "tokenizer.json").is_file()
+        ):
+            return None
+        try:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+            kept.check_tokenizer(tokenizer)
+        except Exception:  # naming a token is a courtesy: any failure means "no name"
+            return None
+        return tokenizer
+
+    return load

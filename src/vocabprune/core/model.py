@@ -61,3 +61,31 @@ def embedding_shape(model: nn.Module) -> tuple[int, int]:
         return tuple(owner.__dict__[STATE_ATTR].full_input_shape)  # type: ignore[return-value]
     weight = input_embedding(model).weight
     return int(weight.shape[0]), int(weight.shape[1])
+
+
+def prune_target(model: Any) -> nn.Module:
+    """The transformers model to prune: the model itself, or the one inside a wrapper that holds
+    exactly one (a SentenceTransformer's transformer module)."""
+    if hasattr(model, "get_input_embeddings") or not isinstance(model, nn.Module):
+        return model  # type: ignore[no-any-return]
+    found = [(n, m) for n, m in model.named_modules() if n and hasattr(m, "get_input_embeddings")]
+    outer = [(n, m) for n, m in found if not any(n.startswith(f"{o}.") for o, _ in found)]
+    if not outer:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} holds no transformers model (no module with "
+            "get_input_embeddings()): nothing to prune"
+        )
+    if len(outer) > 1:
+        names = ", ".join(f"{n} ({type(m).__name__})" for n, m in outer)
+        raise UnsupportedModelError(
+            f"{type(model).__name__} holds {len(outer)} transformers models ({names}); "
+            "prune the one you mean"
+        )
+    return outer[0][1]
+
+
+def wrapper_tokenizer(model: Any) -> Any:
+    """The tokenizer a wrapper carries (SentenceTransformer.tokenizer), None for a bare model."""
+    if hasattr(model, "get_input_embeddings"):
+        return None
+    return getattr(model, "tokenizer", None)

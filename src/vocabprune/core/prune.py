@@ -14,30 +14,59 @@ from typing import Any
 import torch
 from torch import nn
 
+from vocabprune.core.ids import IdRemapper, UnknownPolicy
+from vocabprune.core.loaders import folder_tokenizer
+from vocabprune.core.model import prune_target, wrapper_tokenizer
 from vocabprune.core.restore import restore
 from vocabprune.core.rowstore import RowStore, find_checkpoint_rows, offload
 from vocabprune.core.state import PrunedState, PrunedTensor, get_state
-from vocabprune.core.surgery import OutputMode, perform, plan
+from vocabprune.core.surgery import IdsMode, LogitsMode, OutputMode, perform, plan
 from vocabprune.core.vocab import KeptVocab
+
+
+def remapper_for(
+    model: nn.Module, kept: KeptVocab, tokenizer: Any, unknown: UnknownPolicy
+) -> IdRemapper:
+    """The pruned model's remapper: the tokenizer given (checked against the kept vocabulary)
+    names tokens in errors, else the one in the model's folder, loaded only if one is needed."""
+    loader = None if tokenizer is not None else folder_tokenizer(model, kept)
+    return IdRemapper(kept, tokenizer=tokenizer, unknown=unknown, tokenizer_loader=loader)
 
 
 def prune(
     model: nn.Module,
     kept: KeptVocab,
     *,
+    ids: IdsMode = "original",
     output: OutputMode = "auto",
+    unknown: UnknownPolicy = "error",
+    logits: LogitsMode = "auto",
+    tokenizer: Any = None,
     offload_dir: str | None = None,
 ) -> PrunedState:
     """Swap the model's vocabulary-sized tensors for their kept rows, in place.
 
-    Prune before creating the optimizer (or Trainer) so it holds the small Parameters.
+    Prune before creating the optimizer (or Trainer) so it holds the small Parameters. `model`
+    may be a transformers model or a wrapper holding one (a SentenceTransformer).
+
+    ids: "original" (default): the model keeps reading the tokenizer's ids and remaps them
+    inside, at its input embedding; nothing in your data path changes. "kept": the model reads
+    ids you remap yourself with RemapCollator / remap_dataset (which then require this mode).
     output: "auto"/"prune" prune a vocabulary-sized output head too (tied heads stay tied);
     "keep" leaves an untied head full (inputs-only pruning, exact full softmax).
+    unknown: an id outside the kept vocabulary is an error naming the token ("error"), or UNK.
+    logits: how a pruned head's logits come out: "auto" (kept columns while training on the
+    model's own loss, over the original vocabulary otherwise), "kept" or "full" always.
+    tokenizer: names tokens in errors and is checked against the kept vocabulary (default: the
+    wrapper's tokenizer, else the one saved beside the model).
     Returns the state that `restore` consumes (also reachable as vocabprune.get_state(model)).
     """
-    surgery = plan(model, kept, output=output)
-    folder = getattr(model, "name_or_path", None)
-    prefix = getattr(model, "base_model_prefix", None)
+    target = prune_target(model)
+    tokenizer = tokenizer if tokenizer is not None else wrapper_tokenizer(model)
+    surgery = plan(target, kept, output=output, ids=ids)
+    remapper = remapper_for(target, kept, tokenizer, unknown)
+    folder = getattr(target, "name_or_path", None)
+    prefix = getattr(target, "base_model_prefix", None)
 
     def rows(tensor: PrunedTensor, index: torch.Tensor) -> tuple[torch.Tensor, RowStore]:
         live = tensor.live()
@@ -46,7 +75,7 @@ def prune(
         )
         return live.detach().index_select(tensor.axis, index), store
 
-    return perform(surgery, rows)
+    return perform(surgery, rows, remapper=remapper, logits=logits)
 
 
 @contextlib.contextmanager

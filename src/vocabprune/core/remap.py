@@ -1,8 +1,11 @@
-"""Data-side remapping: original token ids -> kept ids in the batch or the dataset, with the one
-remapper (core/ids.py); the tokenizer is untouched.
+"""Data-side remapping, the explicit alternative to the in-model lookup: original token ids ->
+kept ids in the batch (`RemapCollator`) or in a tokenized dataset (`remap_dataset`), for a model
+pruned with `ids="kept"`. The tokenizer is untouched.
 
-Use `RemapCollator` around any collator (dynamic padding works: the pad id is remapped like any
-other id) or `remap_dataset` to remap a tokenized `datasets` Dataset once.
+Both take the pruned model they feed, not just a kept vocabulary, and refuse a model that reads
+original ids (the default): remapping twice cannot be written by accident. A model pruned with
+`ids="kept"` in turn refuses ids that are not kept ids, so data that was never remapped is an
+error wherever it shows (an id beyond the kept size); see core/hooks.py.
 """
 
 from __future__ import annotations
@@ -11,40 +14,52 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from vocabprune.core.errors import VocabPruneError
-from vocabprune.core.ids import ID_KEYS, LABEL_KEYS, IdRemapper, UnknownPolicy
+from vocabprune.core.ids import ID_KEYS, LABEL_KEYS, IdRemapper
+from vocabprune.core.state import get_state
 from vocabprune.core.vocab import KeptVocab
 
 
-class RemapCollator:
-    """Wrap any collator: pad and batch as usual, then remap the id columns of the batch.
+def data_remapper(model: Any, what: str) -> tuple[IdRemapper, bool]:
+    """(the remapper of a model pruned with ids='kept', whether its head is pruned)."""
+    if isinstance(model, (KeptVocab, IdRemapper)):
+        raise VocabPruneError(
+            f"{what} takes the pruned model it feeds, not a {type(model).__name__}: prune with "
+            "prune(model, kept, ids='kept'), then pass the model (a model pruned with the "
+            "default ids='original' reads tokenizer ids itself and needs no remapping)"
+        )
+    state = get_state(model)
+    if state is None:
+        raise VocabPruneError(f"{what}: the model is not pruned; prune(model, kept, ids='kept')")
+    if state.ids != "kept":
+        raise VocabPruneError(
+            f"{what}: this model was pruned with ids='original' and remaps the tokenizer's ids "
+            "itself; remapping the data too would remap twice. Drop the data-side remap, or "
+            "prune with ids='kept'"
+        )
+    assert state.remapper is not None
+    return state.remapper, state.output_pruned
 
-    Labels are remapped only when the output head is pruned (remap_labels=True, for masked- and
-    causal-LM objectives); class labels of a classifier are left alone by default.
+
+class RemapCollator:
+    """Wrap any collator: pad and batch as usual, then remap the id columns of the batch for a
+    model pruned with ids='kept'.
+
+    Labels are remapped when the model's output head is pruned (masked-, causal-, seq2seq LM);
+    class labels of a classifier are left alone. `remap_labels` overrides.
     """
 
     def __init__(
         self,
         collator: Callable[[list[Any]], Mapping[str, Any]],
-        kept: KeptVocab | IdRemapper,
+        model: Any,
         *,
-        tokenizer: Any = None,
-        unknown: UnknownPolicy = "error",
         keys: Sequence[str] = ID_KEYS,
-        remap_labels: bool = False,
+        remap_labels: bool | None = None,
     ) -> None:
         self.collator = collator
-        self.remapper = (
-            kept
-            if isinstance(kept, IdRemapper)
-            else IdRemapper(
-                kept,
-                tokenizer=tokenizer
-                if tokenizer is not None
-                else getattr(collator, "tokenizer", None),
-                unknown=unknown,
-            )
-        )
-        self.keys = tuple(keys) + (LABEL_KEYS if remap_labels else ())
+        self.remapper, head_pruned = data_remapper(model, "RemapCollator")
+        labels = head_pruned if remap_labels is None else remap_labels
+        self.keys = tuple(keys) + (LABEL_KEYS if labels else ())
 
     def __call__(self, features: list[Any]) -> Any:
         batch = self.collator(features)
@@ -62,25 +77,19 @@ class RemapCollator:
 
 def remap_dataset(
     dataset: Any,
-    kept: KeptVocab | IdRemapper,
+    model: Any,
     *,
-    tokenizer: Any = None,
-    unknown: UnknownPolicy = "error",
     columns: Sequence[str] = ID_KEYS,
-    remap_labels: bool = False,
+    remap_labels: bool | None = None,
     num_proc: int | None = None,
 ) -> Any:
-    """Remap the id columns of a tokenized `datasets` Dataset (batched, vectorized per row)."""
-    remapper = (
-        kept
-        if isinstance(kept, IdRemapper)
-        else IdRemapper(kept, tokenizer=tokenizer, unknown=unknown)
-    )
-    names = [
-        c
-        for c in tuple(columns) + (LABEL_KEYS if remap_labels else ())
-        if c in dataset.column_names
-    ]
+    """Remap the id columns of a tokenized `datasets` Dataset for a model pruned with
+    ids='kept' (batched, vectorized per row). Pad it with that model's kept pad id
+    (model.config.pad_token_id while pruned), or with RemapCollator."""
+    remapper, head_pruned = data_remapper(model, "remap_dataset")
+    labels = head_pruned if remap_labels is None else remap_labels
+    wanted = tuple(columns) + (LABEL_KEYS if labels else ())
+    names = [c for c in wanted if c in dataset.column_names]
     if not names:
         raise VocabPruneError(
             f"dataset has none of the columns {', '.join(columns)} to remap "

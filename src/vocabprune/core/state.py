@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vocabprune.core.ids import IdRemapper
 from vocabprune.core.model import STATE_ATTR, state_owner
 from vocabprune.core.rowstore import RowStore, move_out_of
 from vocabprune.core.vocab import KeptVocab
@@ -92,8 +93,15 @@ class PrunedState:
     full_input_shape: tuple[int, int]
     module_changes: list[AttrChange] = field(default_factory=list)
     config_changes: list[AttrChange] = field(default_factory=list)
-    handles: list[Any] = field(default_factory=list)
+    handles: list[Any] = field(default_factory=list)  # checkpoint hooks (state_dict, load)
+    forward_handles: list[Any] = field(default_factory=list)  # id hooks (core/hooks.py)
     output_pruned: bool = False
+    # Which ids the pruned model reads: "original" (tokenizer ids, remapped inside the model)
+    # or "kept" (the data was remapped by RemapCollator / remap_dataset).
+    ids: str = "original"
+    remapper: IdRemapper | None = None  # original -> kept ids, with the unknown-id policy
+    logits: str = "auto"  # how a pruned head's logits come out (core/hooks.py)
+    active: bool = True  # False once restored: hooks copied into other modules go inert
     # Per pruned tensor (by name): the factor the dropped rows get at restore and in saves taken
     # while pruned (decoupled weight decay tracked by vocabprune.train.decay); 1 when absent.
     dropped_scale: dict[str, float] = field(default_factory=dict)
@@ -202,6 +210,10 @@ def _save_pretrained_full(self: nn.Module, save_directory: Any, *args: Any, **kw
 def attach(model: nn.Module, state: PrunedState) -> None:
     """Attach the state and the hooks that make saves full-vocabulary."""
     model.__dict__[STATE_ATTR] = state
+    _full_saves_on(model, state)
+
+
+def _full_saves_on(model: nn.Module, state: PrunedState) -> None:
     state.handles.append(
         _register(
             model,
@@ -222,10 +234,28 @@ def attach(model: nn.Module, state: PrunedState) -> None:
         model.__dict__["save_pretrained"] = types.MethodType(_save_pretrained_full, model)
 
 
-def detach(model: nn.Module, state: PrunedState) -> None:
-    """Remove the hooks and the state: the model is an ordinary model again."""
+def _full_saves_off(model: nn.Module, state: PrunedState) -> None:
     for handle in state.handles:
         handle.remove()
     state.handles.clear()
     model.__dict__.pop("save_pretrained", None)
+
+
+@contextlib.contextmanager
+def compact_saves(model: nn.Module, state: PrunedState) -> Iterator[None]:
+    """For the length of the block, saves write the model as it is: kept rows only (exports)."""
+    _full_saves_off(model, state)
+    try:
+        yield
+    finally:
+        _full_saves_on(model, state)
+
+
+def detach(model: nn.Module, state: PrunedState) -> None:
+    """Remove the hooks and the state: the model is an ordinary model again."""
+    _full_saves_off(model, state)
+    for handle in state.forward_handles:
+        handle.remove()
+    state.forward_handles.clear()
+    state.active = False
     model.__dict__.pop(STATE_ATTR, None)

@@ -17,8 +17,9 @@ from typing import Literal
 import torch
 from torch import nn
 
+from vocabprune.core import hooks
 from vocabprune.core.errors import MismatchError, UnsupportedModelError, VocabPruneError
-from vocabprune.core.ids import config_id_updates, required_new_id
+from vocabprune.core.ids import IdRemapper, config_id_updates, required_new_id
 from vocabprune.core.model import input_embedding, model_name, output_head, state_owner
 from vocabprune.core.rowstore import RowStore
 from vocabprune.core.state import AttrChange, Owner, PrunedState, PrunedTensor, attach
@@ -26,6 +27,8 @@ from vocabprune.core.vocab import KeptVocab
 
 OutputMode = Literal["auto", "prune", "keep"]
 OUTPUT_MODES = ("auto", "prune", "keep")
+IdsMode = Literal["original", "kept"]
+LogitsMode = Literal["auto", "kept", "full"]
 CONFIG_ID_HINT = "build the kept vocabulary with model=... so config ids are always kept"
 
 
@@ -176,6 +179,14 @@ def _padding_changes(tensors: Iterable[PrunedTensor], kept: KeptVocab) -> list[A
     return changes
 
 
+def config_id_changes(model: nn.Module, kept: KeptVocab) -> list[AttrChange]:
+    """The config and generation-config token ids (pad, bos, eos, ...) moved to their kept ids,
+    for a model that reads kept ids (ids='kept', compact exports). Refuses a kept vocabulary
+    that would move a pad id the model also uses as a position offset."""
+    _check_position_offsets(model, kept)
+    return _config_id_changes(model, kept)
+
+
 def _config_id_changes(model: nn.Module, kept: KeptVocab) -> list[AttrChange]:
     changes = []
     for label in ("config", "generation_config"):
@@ -201,11 +212,11 @@ def _uses_pad_for_positions(module: nn.Module, pad: int) -> bool:
     )
 
 
-def _check_position_offsets(model: nn.Module, kept: KeptVocab, skip: set[int]) -> None:
+def _check_position_offsets(model: nn.Module, kept: KeptVocab) -> None:
     """Wrapper modules that compare input ids with a cached pad id and use the same number as a
     position offset (RoBERTa) cannot follow the map: refuse a kept vocabulary that moves it."""
     for name, module in model.named_modules():
-        if id(module) in skip or isinstance(module, nn.Embedding):
+        if isinstance(module, nn.Embedding):  # an embedding's padding_idx follows the map
             continue
         pad = module.__dict__.get("padding_idx")
         if not isinstance(pad, int) or isinstance(pad, bool) or pad not in kept:
@@ -232,10 +243,19 @@ class Surgery:
     output_pruned: bool
     module_changes: list[AttrChange] = field(default_factory=list)
     config_changes: list[AttrChange] = field(default_factory=list)
+    ids: IdsMode = "original"
 
 
-def plan(model: nn.Module, kept: KeptVocab, *, output: OutputMode = "auto") -> Surgery:
-    """Decide the surgery; raises (changing nothing) when the model or kept vocabulary can't."""
+def plan(
+    model: nn.Module, kept: KeptVocab, *, output: OutputMode = "auto", ids: IdsMode = "original"
+) -> Surgery:
+    """Decide the surgery; raises (changing nothing) when the model or kept vocabulary can't.
+
+    ids="original": the model keeps reading tokenizer ids (its config ids stay original);
+    ids="kept": it reads kept ids, so its config ids follow the map too.
+    """
+    if ids not in hooks.IDS_MODES:
+        raise VocabPruneError(f"ids must be one of {', '.join(hooks.IDS_MODES)}, not {ids!r}")
     if state_owner(model) is not None:
         raise VocabPruneError(f"model {model_name(model)!r} is already pruned; restore it first")
     emb = input_embedding(model)
@@ -247,27 +267,34 @@ def plan(model: nn.Module, kept: KeptVocab, *, output: OutputMode = "auto") -> S
     )
     module_changes = size_changes(model, tensors, kept.vocab_size, kept.size)
     module_changes += _padding_changes(tensors, kept)
-    pruned_modules = {id(c.obj) for c in module_changes}
-    _check_position_offsets(model, kept, pruned_modules)
-    config_changes = []
+    config_changes: list[AttrChange] = []
     if output_pruned or output_head(model) is None:  # config.vocab_size describes the live rows
         config_changes += config_vocab_change(model, kept.vocab_size, kept.size)
         gen = getattr(model, "generation_config", None)
         if gen is not None and getattr(gen, "vocab_size", None) == kept.vocab_size:
             config_changes.append(AttrChange(gen, "vocab_size", kept.vocab_size, kept.size))
-    config_changes += _config_id_changes(model, kept)
-    return Surgery(model, kept, tensors, full_shape, output_pruned, module_changes, config_changes)
+    if ids == "kept":
+        config_changes += config_id_changes(model, kept)
+    return Surgery(
+        model, kept, tensors, full_shape, output_pruned, module_changes, config_changes, ids
+    )
 
 
 RowSource = Callable[[PrunedTensor, torch.Tensor], tuple[torch.Tensor, RowStore]]
 
 
-def perform(surgery: Surgery, rows: RowSource) -> PrunedState:
-    """Swap every planned tensor for its kept rows and apply every change; attach the state.
+def perform(
+    surgery: Surgery, rows: RowSource, *, remapper: IdRemapper, logits: LogitsMode = "auto"
+) -> PrunedState:
+    """Swap every planned tensor for its kept rows and apply every change; attach the state and
+    the id hooks (core/hooks.py).
 
     `rows(tensor, index)` gives the kept rows of one tensor and the store its original rows
     come back from at restore (the live tensor sliced, or the rows read from a checkpoint).
+    `remapper` maps original ids to kept ids with the unknown-id policy.
     """
+    if logits not in hooks.LOGITS_MODES:
+        raise VocabPruneError(f"logits must be one of {', '.join(hooks.LOGITS_MODES)}: {logits!r}")
     state = PrunedState(
         kept=surgery.kept,
         tensors=surgery.tensors,
@@ -275,6 +302,9 @@ def perform(surgery: Surgery, rows: RowSource) -> PrunedState:
         module_changes=surgery.module_changes,
         config_changes=surgery.config_changes,
         output_pruned=surgery.output_pruned,
+        ids=surgery.ids,
+        remapper=remapper,
+        logits=logits,
     )
     prepared = []
     for tensor in surgery.tensors:  # every read first: a failure leaves the model as it was
@@ -290,6 +320,7 @@ def perform(surgery: Surgery, rows: RowSource) -> PrunedState:
     for change in surgery.module_changes + surgery.config_changes:
         change.apply()
     attach(surgery.model, state)
+    hooks.install(surgery.model, state)
     return state
 
 

@@ -30,7 +30,8 @@ from vocabprune.core.files import atomic_dir
 from vocabprune.core.model import state_owner
 from vocabprune.core.prune import prune
 from vocabprune.core.restore import restore
-from vocabprune.core.state import PrunedState, attach, detach, get_state
+from vocabprune.core.state import PrunedState, compact_saves, get_state
+from vocabprune.core.surgery import config_id_changes
 from vocabprune.core.vocab import DEFAULT_FILENAME, KeptVocab
 from vocabprune.data.sources import Examples
 from vocabprune.deploy.manifest import (
@@ -86,12 +87,17 @@ def _kept_for(model: Any, kept: KeptVocab, data: dict[str, Any] | None) -> KeptV
 
 
 def _write_compact_model(owner: Any, state: PrunedState, folder: Path) -> None:
-    """Save the model as it is now, kept rows only, as an ordinary model (no full-size hooks)."""
-    detach(owner, state)
-    try:
-        owner.save_pretrained(folder, safe_serialization=True)
-    finally:
-        attach(owner, state)
+    """Save the model as it is now, kept rows only, as an ordinary model that reads kept ids:
+    its config ids renumbered (a model pruned with ids='original' keeps them original)."""
+    renumber = config_id_changes(owner, state.kept) if state.ids == "original" else []
+    with compact_saves(owner, state):
+        for change in renumber:
+            change.apply()
+        try:
+            owner.save_pretrained(folder, safe_serialization=True)
+        finally:
+            for change in reversed(renumber):
+                change.revert()
 
 
 def _write_tokenizer(

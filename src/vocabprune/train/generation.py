@@ -1,11 +1,13 @@
 """Generation with a pruned head: original ids in, original ids out.
 
-A model whose output head is pruned can only emit kept ids, and it emits them in the kept
-numbering. `generate` remaps the prompt (and every token id given to `generate`), calls the
-model's own `generate()`, and maps the result back, so the ids it returns are original ids that
-the original tokenizer decodes. No LogitsProcessor is involved: the softmax of a pruned head is
-already restricted to the kept vocabulary (this is a choice: restore the model, or prune with the
-full head kept, when generation must see the whole vocabulary).
+A model whose output head is pruned can only emit kept ids. Pruned with the default
+ids="original", it takes and returns original ids itself (its logits outside training are spread
+over the original vocabulary: core/hooks.py), so stock `model.generate()` works. Pruned with
+ids="kept", it emits kept ids: `generate` remaps the prompt (and every token id given to
+`generate`), calls the model's own `generate()`, and maps the result back. No LogitsProcessor is
+involved: the softmax of a pruned head is already restricted to the kept vocabulary (a choice:
+restore the model, or prune with the full head kept, when generation must see the whole
+vocabulary).
 
     with vocabprune.pruned(model, kept):
         ...train...
@@ -143,36 +145,14 @@ def _check_head(state: PrunedState) -> None:
         )
 
 
-def generate(
-    model: Any, input_ids: torch.Tensor | None = None, *, tokenizer: Any = None, **kwargs: Any
-) -> Any:
-    """`model.generate(...)` with original ids in and out, pruned or not.
-
-    On a pruned model the prompt (`input_ids`, `decoder_input_ids`) and the token-id arguments
-    (eos/pad/bos/decoder_start/forced ids, bad_words_ids, suppress_tokens, sequence_bias, a
-    `generation_config`) are given in ORIGINAL ids and remapped; the returned sequences (or the
-    `.sequences` of a dict output) are original ids. Scores and logits of a dict output are over
-    the kept vocabulary: column j is original id `kept.kept_ids[j]`. On a model that is not
-    pruned this is `model.generate(...)`.
-    """
-    state = get_state(model)
-    if state is None:
-        return (
-            model.generate(input_ids=input_ids, **kwargs)
-            if input_ids is not None
-            else (model.generate(**kwargs))
-        )
-    _check_head(state)
-    kept = state.kept
-    remapper = IdRemapper(kept, tokenizer=tokenizer)
+def _kept_kwargs(model: Any, kept: KeptVocab, remapper: IdRemapper, kwargs: dict) -> dict:
+    """generate() arguments in original ids -> kept ids, for a model that reads kept ids."""
     for name in UNSUPPORTED_KWARGS:
         if kwargs.get(name) is not None:
             raise VocabPruneError(
                 f"{name} is not supported on a pruned model (it works in original ids)"
             )
-    if input_ids is not None:
-        kwargs["input_ids"] = remapper(input_ids)
-    for name in ID_KEYS[1:]:
+    for name in ID_KEYS:
         if kwargs.get(name) is not None:
             kwargs[name] = remapper(kwargs[name])
     for attr in SCALAR_ID_ATTRS:
@@ -185,8 +165,7 @@ def generate(
         kwargs["bad_words_ids"] = _remap_bad_words(kept, kwargs["bad_words_ids"])
     if kwargs.get("sequence_bias") is not None:
         kwargs["sequence_bias"] = _remap_sequence_bias(kept, kwargs["sequence_bias"])
-    if kwargs.get("generation_config") is not None:
-        # A user's config is in original ids.
+    if kwargs.get("generation_config") is not None:  # a user's config is in original ids
         kwargs["generation_config"] = _remap_generation_config(
             kwargs["generation_config"], kept, scalars=True
         )
@@ -198,8 +177,32 @@ def generate(
         )
     if kwargs.get("streamer") is not None:
         kwargs["streamer"] = _OriginalIdStreamer(kwargs["streamer"], remapper)
+    return kwargs
 
-    out = model.generate(**kwargs)
+
+def generate(
+    model: Any, input_ids: torch.Tensor | None = None, *, tokenizer: Any = None, **kwargs: Any
+) -> Any:
+    """`model.generate(...)` with original ids in and out, pruned or not.
+
+    A model pruned with the default ids="original" does this itself: this is its own
+    `generate()` (stock `model.generate` is the same). A model pruned with ids="kept" reads and
+    emits kept ids: the prompt (`input_ids`, `decoder_input_ids`) and the token-id arguments
+    (eos/pad/bos/decoder_start/forced ids, bad_words_ids, suppress_tokens, sequence_bias, a
+    `generation_config`) are given in ORIGINAL ids and remapped, and the returned sequences (or
+    the `.sequences` of a dict output) are original ids; scores of a dict output are over the
+    kept columns (column j is original id `vocabprune.column_ids(model)[j]`). Generation needs
+    the pruned head: a model pruned with output="keep" is refused.
+    """
+    if input_ids is not None:
+        kwargs["input_ids"] = input_ids
+    state = get_state(model)
+    if state is not None:
+        _check_head(state)
+    if state is None or state.ids == "original":
+        return model.generate(**kwargs)
+    remapper = IdRemapper(state.kept, tokenizer=tokenizer)
+    out = model.generate(**_kept_kwargs(model, state.kept, remapper, kwargs))
     if isinstance(out, torch.Tensor):
         return remapper.to_old(out)
     if hasattr(out, "sequences"):
