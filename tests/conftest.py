@@ -36,3 +36,23 @@ def bbc_texts(bbc_dir):
     from vocabprune.data.sources import read_labelled_folder
 
     return read_labelled_folder(bbc_dir)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """The packaged SmolLM2-135M-Instruct, converted once from GGUF (needs the gguf package)."""
+    pytest.importorskip("gguf")
+    from vocabprune.fixtures import smollm2_path
+    from vocabprune.fixtures.packaged import FixtureMissingError
+
+    try:
+        return smollm2_path()
+    except FixtureMissingError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_dir)

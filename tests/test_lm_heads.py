@@ -26,6 +26,7 @@ from transformers import (
     LlamaConfig,
     MBartConfig,
     MT5Config,
+    Qwen3Config,
     T5Config,
     XLMRobertaConfig,
 )
@@ -154,6 +155,23 @@ def build(name: str, seed: int = 0) -> LM:
         cfg, specials = _llama(tied=name == "llama")
         model = AutoModelForCausalLM.from_config(cfg)
         return LM(name, "causal", model.eval(), name == "llama", specials)
+    if name in ("qwen3", "qwen3-untied"):
+        cfg = Qwen3Config(
+            vocab_size=V,
+            hidden_size=H,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=128,
+            tie_word_embeddings=name == "qwen3",
+            bos_token_id=13,
+            eos_token_id=14,
+            pad_token_id=14,
+        )
+        model = AutoModelForCausalLM.from_config(cfg)
+        return LM(name, "causal", model.eval(), name == "qwen3", (13, 14))
     if name == "gemma":
         cfg = GemmaConfig(
             vocab_size=V,
@@ -204,6 +222,8 @@ FAMILIES = [
     "gpt2-padded",
     "llama",
     "llama-untied",
+    "qwen3",
+    "qwen3-untied",
     "gemma",
     "t5",
     "mt5-untied",
@@ -211,7 +231,7 @@ FAMILIES = [
     "mbart",
 ]
 GENERATIVE = [f for f in FAMILIES if not f.endswith("-mlm")]
-UNTIED = ["llama-untied", "mt5-untied"]
+UNTIED = ["llama-untied", "qwen3-untied", "mt5-untied"]
 
 
 # -- helpers ----------------------------------------------------------------------------------

@@ -730,3 +730,34 @@ def test_pruned_context_restores_after_an_error(family):
     assert torch.equal(after[emb_name][dropped], before[emb_name][dropped])
     assert not after[emb_name][torch.as_tensor(kept.kept_ids)].any()  # trained rows written back
     assert_tied(tm.model)
+
+
+@pytest.mark.parametrize("family", ["roberta", "xlm-roberta", "mpnet"])
+def test_a_pad_id_used_as_position_offset_may_move_with_original_ids(family):
+    """RoBERTa-style embeddings count positions from the pad id. A kept vocabulary without id 0
+    renumbers the pad (1 -> 0): reading original ids the model needs no workaround; reading kept
+    ids it would, so ids='kept' refuses it."""
+    tm = build(family, "cls", seed=seed_of(family, "offset"))
+    model = tm.model
+    pad = tm.spec.pad
+    ids = [i for i in range(1, tm.spec.vocab_size) if i % 3 == 0 or i in (pad, 2, 3)]
+    kept = KeptVocab(
+        kept_ids=np.array(ids), counts=np.ones(len(ids)), vocab_size=tm.spec.vocab_size
+    )
+    assert kept.new_id(pad) != pad
+    text = [i for i in ids if i > 3]
+    batch = pad_collate(pad)([{"input_ids": text[:9]}, {"input_ids": text[10:14]}])
+    with torch.no_grad():
+        full = model(**batch).logits
+    before = snapshot(model)
+    with pytest.raises(UnsupportedModelError, match="position offset"):
+        vocabprune.prune(model, kept, ids="kept")
+    assert not vocabprune.is_pruned(model)
+    assert_same_tensors(snapshot(model), before)
+    vocabprune.prune(model, kept)
+    assert model.config.pad_token_id == pad
+    assert model.get_input_embeddings().padding_idx == kept.new_id(pad)
+    with torch.no_grad():
+        got = model(**batch).logits
+    assert (got - full).abs().max().item() <= 1e-6
+    vocabprune.restore(model)

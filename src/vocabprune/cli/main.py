@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from vocabprune.cli.options import AnalyzeOptions, FinetuneOptions, PruneOptions
+from vocabprune.cli.options import TASKS, AnalyzeOptions, FinetuneOptions, PruneOptions
 from vocabprune.core.errors import VocabPruneError
 
 EXIT_ERROR = 2
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--label-column", help="label column (default: guessed; folders: sub-folder)")
     ft.add_argument(
         "--task",
-        choices=("classification", "masked-lm", "causal-lm"),
+        choices=TASKS,
         default="classification",
         help="objective (default: classification); causal-lm defaults to the packaged SmolLM2",
     )
@@ -157,6 +157,7 @@ def cmd_analyze(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
     from vocabprune.cli.finetune import run_finetune
     from vocabprune.cli.lm import run_lm_finetune
+    from vocabprune.cli.sentence import run_sentence_finetune
 
     opts = FinetuneOptions(
         out=args.out,
@@ -183,7 +184,8 @@ def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
     log = None if args.json else (lambda msg: print(f"vocabprune: {msg}", file=sys.stderr))
     # Trainer prints its logs on stdout: keep stdout for the one JSON object.
     with contextlib.redirect_stdout(sys.stderr):
-        job = run_finetune if opts.task == "classification" else run_lm_finetune
+        jobs = {"classification": run_finetune, "sentence-embedding": run_sentence_finetune}
+        job = jobs.get(opts.task, run_lm_finetune)
         report = job(opts, log=log)
     report.pop("eval_predictions", None)
     if not args.json:

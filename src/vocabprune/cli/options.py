@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-TASKS = ("classification", "masked-lm", "causal-lm")
+TASKS = ("classification", "masked-lm", "causal-lm", "sentence-embedding")
 
 
 @dataclass(kw_only=True)
@@ -51,7 +51,7 @@ class FinetuneOptions(DataOptions):
     save_steps: int | None = None  # write a Trainer checkpoint every N steps
     checkpoint_dir: str | None = None  # default: OUT.checkpoints beside OUT
     resume: str | None = None  # a checkpoint folder, or "auto" (the latest in checkpoint_dir)
-    task: str = "classification"  # or "causal-lm" / "masked-lm"
+    task: str = "classification"  # or "masked-lm", "causal-lm", "sentence-embedding"
     extra_training_args: dict[str, Any] = field(default_factory=dict)
 
 

@@ -250,6 +250,17 @@ def build_report(
     }
 
 
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """(fn(), seconds it took)."""
+    t0 = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - t0
+
+
+def write_report(folder: Path, report: dict[str, Any]) -> None:
+    (folder / "vocabprune_run.json").write_text(json.dumps(report, indent=2, default=str))
+
+
 def save_run(
     out: Path, *, overwrite: bool, model: Any, tokenizer: Any, kept: Any, report: dict[str, Any]
 ) -> None:
@@ -258,7 +269,7 @@ def save_run(
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         kept.save(tmp / "kept_vocab.json")
-        (tmp / "vocabprune_run.json").write_text(json.dumps(report, indent=2))
+        write_report(tmp, report)
 
 
 def rmtree(path: str, *, check: bool = True) -> None:

@@ -118,7 +118,15 @@ class IdRemapper:
     def raise_unknown(self, old_ids: np.ndarray) -> None:
         """Raise UnknownTokenError naming the first of `old_ids` (its token text if known)."""
         bad = int(old_ids[0])
-        if not 0 <= bad < self.kept.vocab_size:
+        vocab = self.kept.vocab_size
+        if vocab <= bad < vocab + self.kept.size:
+            raise UnknownTokenError(
+                f"token id {bad} is an id written by remap_dataset (vocabulary size {vocab} + "
+                f"kept id {bad - vocab}), not a token id: batch such data with "
+                "RemapCollator(collator, model) for a model pruned with ids='kept', or feed the "
+                "original data"
+            )
+        if not 0 <= bad < vocab:
             raise UnknownTokenError(
                 f"token id {bad} is outside the vocabulary of {self.kept.vocab_size} ids"
             )
@@ -130,26 +138,54 @@ class IdRemapper:
 
     # -- remapping --------------------------------------------------------------------------
 
-    def to_new(self, ids: Any, *, inputs: bool = False) -> Any:
+    def to_new(self, ids: Any, *, inputs: bool = False, tagged: bool = False) -> Any:
         """Remap ids (tensor, ndarray, nested lists), keeping their type. Negative ids (-100 in
-        labels) pass through, unless `inputs`: token ids fed to an embedding must be >= 0."""
+        labels) pass through, unless `inputs`: token ids fed to an embedding must be >= 0.
+        With `tagged`, ids written by `tag` (remap_dataset) are accepted and untagged."""
         if isinstance(ids, torch.Tensor):
-            if inputs and ids.numel() and bool((ids < 0).any()):
-                raise UnknownTokenError(
-                    f"token id {int(ids.min())} in the input ids is negative (not a token)"
-                )
-            return self._remap_tensor(ids)
+            return self._remap(ids, inputs=inputs, tagged=tagged)
         if isinstance(ids, np.ndarray):
-            return self._remap_tensor(torch.from_numpy(ids)).numpy()
+            return self._remap(torch.from_numpy(ids), inputs=inputs, tagged=tagged).numpy()
         if isinstance(ids, Sequence) and not isinstance(ids, (str, bytes)):
-            if ids and isinstance(ids[0], Sequence):
-                return [self.to_new(row) for row in ids]  # ragged rows: one lookup per row
-            return self._remap_tensor(torch.as_tensor(ids, dtype=torch.long)).tolist()
+            if ids and isinstance(ids[0], Sequence):  # ragged rows: one lookup per row
+                return [self.to_new(row, inputs=inputs, tagged=tagged) for row in ids]
+            tensor = torch.as_tensor(ids, dtype=torch.long)
+            return self._remap(tensor, inputs=inputs, tagged=tagged).tolist()
         if isinstance(ids, (int, np.integer)):
-            return int(self._remap_tensor(torch.tensor([int(ids)]))[0])
+            tensor = torch.tensor([int(ids)])
+            return int(self._remap(tensor, inputs=inputs, tagged=tagged)[0])
         raise VocabPruneError(f"cannot remap a {type(ids).__name__}")
 
+    def _remap(self, ids: torch.Tensor, *, inputs: bool, tagged: bool) -> torch.Tensor:
+        if inputs and ids.numel() and bool((ids < 0).any()):
+            raise UnknownTokenError(
+                f"token id {int(ids.min())} in the input ids is negative (not a token)"
+            )
+        return self._untag_or_remap(ids) if tagged else self._remap_tensor(ids)
+
     __call__ = to_new
+
+    def tag(self, new_ids: Any) -> Any:
+        """Kept ids -> the form a remapped dataset stores: vocab_size + kept id (negatives pass).
+        No model reads such ids directly, so stored remapped data can never be mistaken for
+        token ids (or remapped again): RemapCollator untags it."""
+        if isinstance(new_ids, Sequence) and new_ids and isinstance(new_ids[0], Sequence):
+            return [self.tag(row) for row in new_ids]  # ragged rows
+        tensor = torch.as_tensor(new_ids) if not isinstance(new_ids, torch.Tensor) else new_ids
+        out = torch.where(tensor < 0, tensor, tensor + self.kept.vocab_size)
+        if isinstance(new_ids, torch.Tensor):
+            return out
+        return out.numpy() if isinstance(new_ids, np.ndarray) else out.tolist()
+
+    def _untag_or_remap(self, ids: torch.Tensor) -> torch.Tensor:
+        vocab = self.kept.vocab_size
+        tagged = ids >= vocab
+        if not bool(tagged.any()):
+            return self._remap_tensor(ids)
+        if bool((ids >= vocab + self.kept.size).any()):
+            self.raise_unknown(ids[ids >= vocab + self.kept.size].cpu().numpy())
+        plain = self._remap_tensor(torch.where(tagged, torch.zeros_like(ids), ids))
+        return torch.where(tagged, ids - vocab, plain)
 
     def _remap_tensor(self, ids: torch.Tensor) -> torch.Tensor:
         if ids.numel() == 0:

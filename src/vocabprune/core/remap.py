@@ -3,9 +3,11 @@ kept ids in the batch (`RemapCollator`) or in a tokenized dataset (`remap_datase
 pruned with `ids="kept"`. The tokenizer is untouched.
 
 Both take the pruned model they feed, not just a kept vocabulary, and refuse a model that reads
-original ids (the default): remapping twice cannot be written by accident. A model pruned with
-`ids="kept"` in turn refuses ids that are not kept ids, so data that was never remapped is an
-error wherever it shows (an id beyond the kept size); see core/hooks.py.
+original ids (the default): remapping twice cannot be written by accident. A stored remapped
+dataset holds tagged ids (vocab_size + kept id), which only RemapCollator reads: fed to any
+model, or remapped again, they are an error. A model pruned with `ids="kept"` refuses ids that
+are not kept ids, so data that was never remapped is an error wherever an id beyond the kept
+size shows; see core/hooks.py.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class RemapCollator:
         batch = self.collator(features)
         for key in self.keys:
             if key in batch and batch[key] is not None:
-                batch[key] = self.remapper(batch[key])
+                batch[key] = self.remapper.to_new(batch[key], tagged=True)
         return batch
 
     def __getattr__(self, name: str) -> Any:
@@ -84,8 +86,12 @@ def remap_dataset(
     num_proc: int | None = None,
 ) -> Any:
     """Remap the id columns of a tokenized `datasets` Dataset for a model pruned with
-    ids='kept' (batched, vectorized per row). Pad it with that model's kept pad id
-    (model.config.pad_token_id while pruned), or with RemapCollator."""
+    ids='kept' (batched, vectorized per row), to store it remapped.
+
+    The stored ids are tagged (vocab_size + kept id): no model reads them directly, so the
+    dataset can never be mistaken for token ids, fed to a model that remaps itself, or remapped
+    again. Batch it with RemapCollator(collator, model), which untags them (and remaps the pad
+    ids the collator adds)."""
     remapper, head_pruned = data_remapper(model, "remap_dataset")
     labels = head_pruned if remap_labels is None else remap_labels
     wanted = tuple(columns) + (LABEL_KEYS if labels else ())
@@ -97,6 +103,6 @@ def remap_dataset(
         )
 
     def apply(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        return {name: remapper(batch[name]) for name in names}
+        return {name: remapper.tag(remapper(batch[name])) for name in names}
 
     return dataset.map(apply, batched=True, num_proc=num_proc, desc="remapping ids")

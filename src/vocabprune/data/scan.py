@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vocabprune.core.errors import ScanError
-from vocabprune.core.model import embedding_shape
+from vocabprune.core.model import embedding_shape, prune_target
 from vocabprune.core.vocab import KeptVocab
 from vocabprune.data.sources import Columns, pick_text_columns, read_table, texts_of
 
@@ -478,7 +478,14 @@ def build_kept_vocab(
     progress: bool | None = None,
     num_proc: int | None = None,
 ) -> KeptVocab:
-    """Scan the data and keep every id it uses, plus the specials the model must see or emit."""
+    """Scan the data and keep every id it uses, plus the specials the model must see or emit.
+
+    `tokenizer` may also be a SentenceTransformer (any wrapper holding one transformers model and
+    its tokenizer): its tokenizer scans, its model is the model, and the tokens of its prompts
+    ("query: ", ...) are kept too. Texts it will encode with a prompt are best scanned with it.
+    """
+    tokenizer, model, prompt_ids = _unwrap(tokenizer, model)
+    extra_ids = [*extra_ids, *prompt_ids]
     size = embedding_shape(model)[0] if model is not None else len(tokenizer)
     result = scan(
         tokenizer,
@@ -504,3 +511,17 @@ def build_kept_vocab(
         vocab_size=size,
         meta=meta,
     )
+
+
+def _unwrap(tokenizer: Any, model: Any) -> tuple[Any, Any, list[int]]:
+    """(tokenizer, model, ids of its prompts) of a wrapper such as a SentenceTransformer; a
+    plain tokenizer passes through."""
+    if not hasattr(tokenizer, "modules") or not hasattr(tokenizer, "tokenizer"):
+        return tokenizer, model, []
+    wrapper = tokenizer
+    inner = prune_target(wrapper)
+    prompts = [p for p in (getattr(wrapper, "prompts", None) or {}).values() if p]
+    ids: list[int] = []
+    for prompt in prompts:
+        ids += wrapper.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return wrapper.tokenizer, model if model is not None else inner, ids

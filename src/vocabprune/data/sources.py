@@ -69,8 +69,13 @@ def _records_to_columns(records: Sequence[dict[str, Any]], source: Path) -> Colu
 def read_table(path: str | os.PathLike[str]) -> Columns:
     """Read one file or labelled folder into columns."""
     source = Path(path)
-    if not source.exists():
-        raise ScanError(f"data not found: {source}")
+    try:
+        found = source.exists()
+    except OSError:  # e.g. a text passed where a path was expected: name too long
+        found = False
+    if not found:
+        shown = str(source) if len(str(source)) <= 120 else f"{str(source)[:117]}..."
+        raise ScanError(f"data not found: {shown!r} is not a file or folder")
     if source.is_dir():
         return read_labelled_folder(source)
     suffix = source.suffix.lower()
@@ -174,6 +179,22 @@ class Examples:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def title_body(self, source: str = "the data") -> Examples:
+        """Pairs from texts that start with a title line (news articles): (title, body)."""
+        if self.pairs is not None:
+            return self
+        titles, bodies = [], []
+        for i, text in enumerate(self.texts):
+            title, _, body = text.strip().partition("\n")
+            if not title.strip() or not body.strip():
+                raise ScanError(
+                    f"{source}: example {i} has no title line and body to pair; give pairs "
+                    "with --text-column a,b"
+                )
+            titles.append(title.strip())
+            bodies.append(body.strip())
+        return Examples(titles, bodies, self.labels)
 
     def joined(self, sep: str = "\n") -> list[str]:
         """One text per row: a pair joined by `sep` (language modelling reads both)."""

@@ -1,0 +1,232 @@
+"""sentence-transformers with a pruned model: encode, SentenceTransformerTrainer (stock collator,
+losses, evaluators during training), save while pruned, load_pruned, restore."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import vocabprune as vp
+
+st = pytest.importorskip("sentence_transformers")
+datasets = pytest.importorskip("datasets")
+
+TEXTS = [
+    "the president said on monday that the government will",
+    "shares in the bank fell sharply after the results",
+]
+
+
+@pytest.fixture(scope="module")
+def pairs(bbc_texts):
+    """(title, first 300 characters of the body) of BBC News articles: a contrastive set."""
+    articles = [t for t in bbc_texts["text"] if "\n" in t][:40]
+    titles = [a.split("\n", 1)[0].strip() for a in articles]
+    bodies = [a.split("\n", 1)[1].strip()[:300] for a in articles]
+    return titles, bodies
+
+
+def _st_modules():
+    """(losses, evaluation) of sentence-transformers (moved under .sentence_transformer in 6)."""
+    try:
+        from sentence_transformers.sentence_transformer import evaluation, losses
+    except ImportError:  # sentence-transformers < 6
+        from sentence_transformers import evaluation, losses
+    return losses, evaluation
+
+
+def _model(minilm_dir):
+    return st.SentenceTransformer(str(minilm_dir), device="cpu")
+
+
+def test_encode_while_pruned_equals_unpruned(minilm_dir, pairs):
+    model = _model(minilm_dir)
+    titles, bodies = pairs
+    probe = [*TEXTS, *titles[:4]]
+    want = model.encode(probe, convert_to_tensor=True)
+    kept = vp.build_kept_vocab(model, titles, bodies, TEXTS)  # the ST's tokenizer and model
+    assert kept.vocab_size == 30522
+    vp.prune(model, kept)
+    assert vp.is_pruned(model) and model[0].auto_model.get_input_embeddings().num_embeddings < 30522
+    got = model.encode(probe, convert_to_tensor=True)
+    assert (got - want).abs().max().item() <= 1e-6
+    with pytest.raises(vp.UnknownTokenError, match="not in the kept vocabulary"):
+        model.encode(["xylophone quartet"])
+    vp.restore(model)
+    assert torch.equal(model.encode(probe, convert_to_tensor=True), want)
+
+
+def _train(model, pairs, tmp_path, loss_name):
+    from sentence_transformers import (
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+
+    losses, evaluation = _st_modules()
+    InformationRetrievalEvaluator = evaluation.InformationRetrievalEvaluator  # noqa: N806
+
+    titles, bodies = pairs
+    if loss_name == "mnrl":
+        train = datasets.Dataset.from_dict({"anchor": titles[:32], "positive": bodies[:32]})
+        loss = losses.MultipleNegativesRankingLoss(model)
+    else:  # CoSENT on scored pairs: matching title/body 1.0, mismatched 0.0
+        score = [float(i % 2 == 0) for i in range(32)]
+        second = [bodies[i] if i % 2 == 0 else bodies[(i + 5) % 32] for i in range(32)]
+        train = datasets.Dataset.from_dict(
+            {"sentence1": titles[:32], "sentence2": second, "score": score}
+        )
+        loss = losses.CoSENTLoss(model)
+    held = range(32, 40)
+    evaluator = InformationRetrievalEvaluator(
+        {str(i): titles[i] for i in held},
+        {str(i): bodies[i] for i in held},
+        {str(i): {str(i)} for i in held},
+        name="bbc",
+    )
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=3,
+        per_device_train_batch_size=8,
+        learning_rate=1e-4,
+        weight_decay=0.01,
+        seed=1,
+        report_to="none",
+        save_strategy="no",
+        eval_strategy="steps",
+        eval_steps=2,
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+    )
+    trainer = SentenceTransformerTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        loss=loss,
+        evaluator=evaluator,
+        callbacks=[vp.VocabPruneCallback()],  # exact weight decay for the dropped rows
+    )
+    trainer.train()
+    return evaluator(model)
+
+
+@pytest.mark.parametrize("loss_name", ["mnrl", "cosent"])
+def test_trainer_pruned_plus_restore_equals_unpruned(minilm_dir, pairs, tmp_path, loss_name):
+    full = _model(minilm_dir)
+    want_metrics = _train(full, pairs, tmp_path / "full", loss_name)
+    model = _model(minilm_dir)
+    kept = vp.build_kept_vocab(model, *pairs)
+    vp.prune(model, kept)
+    got_metrics = _train(model, pairs, tmp_path / "pruned", loss_name)
+    # The evaluator ran on the pruned model during training and after it, on tokenizer ids.
+    assert got_metrics == pytest.approx(want_metrics, abs=1e-6)
+    # Saved while pruned: a full-vocabulary folder that stock SentenceTransformer loads.
+    model.save(str(tmp_path / "saved"))
+    vp.restore(model)
+    got, want = model.state_dict(), full.state_dict()
+    assert got.keys() == want.keys()
+    assert max((got[k] - want[k]).abs().max().item() for k in want) <= 1e-5
+    stock = st.SentenceTransformer(str(tmp_path / "saved"), device="cpu")
+    assert stock[0].auto_model.get_input_embeddings().num_embeddings == 30522
+    assert torch.equal(
+        stock.encode(TEXTS, convert_to_tensor=True), model.encode(TEXTS, convert_to_tensor=True)
+    )
+
+
+def test_load_pruned_sentence_transformer(minilm_dir, pairs):
+    full = _model(minilm_dir)
+    want = full.encode(TEXTS, convert_to_tensor=True)
+    kept = vp.build_kept_vocab(full, *pairs, TEXTS)
+    model = vp.load_pruned(st.SentenceTransformer, minilm_dir, kept, device="cpu")
+    inner = model[0].auto_model
+    assert vp.is_pruned(model) and inner.get_input_embeddings().num_embeddings == kept.size
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    got = model.encode(TEXTS, convert_to_tensor=True)
+    assert (got - want).abs().max().item() <= 1e-6
+    vp.restore(model)
+    for name, value in full.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+
+
+def test_prompts_are_kept(minilm_dir):
+    model = _model(minilm_dir)
+    model.prompts = {"query": "query: ", "document": "passage: "}
+    kept = vp.build_kept_vocab(model, ["markets fell"])
+    for prompt in ("query:", "passage:"):
+        for i in model.tokenizer(prompt, add_special_tokens=False)["input_ids"]:
+            assert i in kept, (prompt, i)
+    vp.prune(model, kept)
+    model.encode(["markets fell"], prompt_name="query")  # no unknown token
+
+
+class _Two(nn.Module):
+    def __init__(self, a: nn.Module, b: nn.Module) -> None:
+        super().__init__()
+        self.a, self.b = a, b
+
+
+def test_wrappers_with_several_models_or_none_are_refused(minilm_dir):
+    model = _model(minilm_dir)
+    kept = vp.build_kept_vocab(model, ["markets fell"])
+    inner = model[0].auto_model
+    before = inner.get_input_embeddings().weight.detach().clone()
+    with pytest.raises(vp.UnsupportedModelError, match="holds 2 transformers models"):
+        vp.prune(_Two(inner, _model(minilm_dir)[0].auto_model), kept)
+    with pytest.raises(vp.UnsupportedModelError, match="holds no transformers model"):
+        vp.prune(nn.Sequential(nn.Linear(2, 2)), kept)
+    assert not vp.is_pruned(model) and torch.equal(inner.get_input_embeddings().weight, before)
+
+
+def test_kept_vocabulary_for_another_tokenizer_is_refused(minilm_dir):
+    model = _model(minilm_dir)
+    kept = vp.build_kept_vocab(model, ["markets fell"])
+    model.tokenizer.add_tokens(["brandnewtoken"])
+    with pytest.raises(vp.MismatchError, match="another tokenizer"):
+        vp.prune(model, kept)
+    assert not vp.is_pruned(model)
+
+
+@pytest.mark.slow
+def test_multilingual_e5_with_prompts(bbc_texts):
+    """multilingual-e5-small as a SentenceTransformer (mean pooling, "query: " prompts)."""
+    from sentence_transformers import models
+
+    from vocabprune.fixtures import e5_path
+
+    path = str(e5_path())
+    model = st.SentenceTransformer(
+        modules=[models.Transformer(path), models.Pooling(384, "mean")], device="cpu"
+    )
+    model.prompts = {"query": "query: ", "document": "passage: "}
+    texts = list(bbc_texts["text"][:20])
+    probe = ["Die Regierung sagte am Montag", "shares fell sharply", texts[3][:200]]
+    want = model.encode(probe, prompt_name="query", convert_to_tensor=True)
+    kept = vp.build_kept_vocab(model, texts, [f"query: {t}" for t in probe], max_length=128)
+    assert kept.vocab_size == 250_037 and kept.size < 20_000
+    vp.prune(model, kept)
+    got = model.encode(probe, prompt_name="query", convert_to_tensor=True)
+    assert (got - want).abs().max().item() <= 1e-6
+    vp.restore(model)
+    assert torch.equal(model.encode(probe, prompt_name="query", convert_to_tensor=True), want)
+
+
+def test_cli_sentence_embedding_task(tmp_path):
+    """`vocabprune finetune --task sentence-embedding` on the embedded default (BBC News title /
+    body pairs): pruned + restore equals --no-prune, and the folder is a SentenceTransformer."""
+    import json
+
+    from vocabprune.cli.main import main
+
+    argv = ["finetune", "--task", "sentence-embedding", "--limit", "40", "--max-steps", "3"]
+    argv += ["--batch-size", "8", "--weight-decay", "0.01", "--json"]
+    assert main([*argv, "--out", str(tmp_path / "pruned")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "full"), "--no-prune"]) == 0
+    report = json.loads((tmp_path / "pruned" / "vocabprune_run.json").read_text())
+    assert report["task"] == "sentence-embedding" and report["pruned"]
+    assert report["kept_tokens"] < report["vocab_size"] == 30522
+    assert 0 <= report["eval_accuracy"] <= 1 and 0 < report["eval_mrr"] <= 1
+    pruned = st.SentenceTransformer(str(tmp_path / "pruned"), device="cpu")
+    full = st.SentenceTransformer(str(tmp_path / "full"), device="cpu")
+    got, want = pruned.state_dict(), full.state_dict()
+    assert pruned[0].auto_model.get_input_embeddings().num_embeddings == 30522
+    assert max((got[k] - want[k]).abs().max().item() for k in want) <= 1e-5
