@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint style docs bench clean
+.PHONY: install demo test lint style docs bench fuzz clean
 
 $(STAMP): pyproject.toml requirements-fixtures.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ style: install
 # The API reference and the design pages, built from the docstrings into site/.
 docs: install
 	$(VENV)/bin/mkdocs build --strict
+
+# The long fuzz run: many more command lines and corrupt files than make test tries; its counts
+# (runs, exit statuses, tracebacks, leftovers) go to benchmarks/results/fuzz.json.
+fuzz: install
+	HF_HUB_OFFLINE=1 VOCABPRUNE_FUZZ_EXAMPLES=1000 VOCABPRUNE_FUZZ_REPORT=benchmarks/results/fuzz.json \
+		$(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
 
 bench: install
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/run.py

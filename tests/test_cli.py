@@ -128,3 +128,169 @@ def test_finetune_json_through_the_real_entry_point(tmp_path):
     assert report["kept_tokens"] < 30
     assert 0.0 <= report["eval_accuracy"] <= 1.0
     assert (out / "model.safetensors").is_file() and (out / "kept_vocab.json").is_file()
+
+
+# -- one rule for every command, one line for every bad value -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["analyze", "--max-length", "-5"], "--max-length must be a whole number >= 2, not -5"),
+        (["analyze", "--max-length", "0"], "--max-length must be a whole number >= 2, not 0"),
+        (["prune", "--out", "{tmp}/o", "--max-length", "0"], "--max-length must be a whole number"),
+        (
+            ["finetune", "--out", "{tmp}/o", "--max-length", "1"],
+            "--max-length must be a whole number",
+        ),
+        (["finetune", "--out", "{tmp}/o", "--batch-size", "0"], "--batch-size must be"),
+        (["finetune", "--out", "{tmp}/o", "--batch-size", "-3"], "--batch-size must be"),
+        (["finetune", "--out", "{tmp}/o", "--lr", "-1"], "--lr must be a finite number > 0"),
+        (["finetune", "--out", "{tmp}/o", "--lr", "nan"], "--lr must be a finite number > 0"),
+        (["analyze", "--plot", "{tmp}/adir"], "is a folder"),
+        (["analyze", "--plot", "{tmp}/x.jpg"], "unknown figure format"),
+        (["analyze", "--max-length", "abc"], "--max-length: must be a whole number"),
+        (["analyze", "--data", "{tmp}/bin.txt"], "bin.txt is not text"),
+        (["analyze", "--data", "{tmp}/bad.jsonl"], "bad.jsonl: line 2 is not valid JSON"),
+        (["analyze", "--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_values_are_one_line_with_status_2(capsys, tmp_path, argv, message):
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "bin.txt").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": broken}\n')
+    before = sorted(tmp_path.iterdir())
+    try:
+        code, out, err = _run(capsys, *[a.format(tmp=tmp_path) for a in argv])
+    except SystemExit as exc:  # argparse's own refusals exit from parse_args
+        code, (out, err) = exc.code, capsys.readouterr()
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vocabprune: error: "), err
+    assert message in lines[0]
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_every_option_has_help_and_its_default():
+    from vocabprune.cli.parser import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, command in sub.choices.items():
+        for action in command._actions:
+            if action.dest == "help":
+                continue
+            assert action.help, f"{name} {action.option_strings} has no help text"
+        text = command.format_help()
+        assert "(default:" in text, name
+    ft = sub.choices["finetune"].format_help()
+    assert "--max-length N" in ft and "(default: 128)" in ft
+
+
+def test_python_dash_m_and_several_data_paths(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("markets fell sharply\n")
+    b.write_text("the match ended in a draw\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "vocabprune", "analyze", "--data", str(a), str(b), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert list(report["splits"]) == [str(a), str(b)]
+    assert report["examples"] == 2
+
+
+def test_datasets_folders_and_arrow_files_are_data(capsys, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = {"text": ["markets fell sharply", "the match ended"], "label": [0, 1]}
+    whole = datasets.Dataset.from_dict(rows)
+    whole.save_to_disk(str(tmp_path / "one"))
+    datasets.DatasetDict({"train": whole, "test": whole.select([0])}).save_to_disk(
+        str(tmp_path / "dd")
+    )
+    arrow = next((tmp_path / "one").glob("*.arrow"))
+    for data, examples in ((tmp_path / "one", 2), (arrow, 2), (tmp_path / "dd", 2)):
+        code, out, err = _run(capsys, "analyze", "--data", str(data), "--json")
+        assert code == 0, err
+        assert json.loads(out)["examples"] == examples
+    code, out, err = _run(capsys, "analyze", "--data", f"{tmp_path / 'dd'}@test", "--json")
+    assert code == 0 and json.loads(out)["examples"] == 1, err
+    code, _, err = _run(capsys, "analyze", "--data", f"{tmp_path / 'dd'}@dev")
+    assert code == 2 and "holds the splits train, test" in err
+
+
+def test_eval_data_is_used_as_given(capsys, tmp_path):
+    train, held = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    rows = [{"text": f"stock market report {i}", "label": "business"} for i in range(8)]
+    rows += [{"text": f"football match report {i}", "label": "sport"} for i in range(8)]
+    train.write_text("\n".join(json.dumps(r) for r in rows))
+    held.write_text("\n".join(json.dumps(r) for r in rows[:3] + rows[-2:]))
+    argv = [
+        "finetune",
+        "--data",
+        str(train),
+        "--eval-data",
+        str(held),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    code, out, err = _run(capsys, *argv, "--max-steps", "2", "--batch-size", "4", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["train_examples"] == 16 and report["eval_examples"] == 5
+
+
+def test_masked_lm_without_a_trained_head_warns(capsys, tmp_path, minilm_dir):
+    argv = ["finetune", "--task", "masked-lm", "--out", str(tmp_path / "mlm"), "--limit", "8"]
+    code, _, err = _run(capsys, *argv, "--max-steps", "1", "--batch-size", "4", "--json")
+    assert code == 0, err
+    warning = [line for line in err.splitlines() if line.startswith("vocabprune: warning:")]
+    assert warning and "no trained masked-lm head" in warning[0]
+
+
+def test_overwriting_a_plain_file_leaves_nothing_beside(capsys, tmp_path):
+    target = tmp_path / "out"
+    target.write_text("a file in the way")
+    data = tmp_path / "d.txt"
+    data.write_text("markets fell sharply\nthe match ended\n")
+    code, _, err = _run(capsys, "prune", "--data", str(data), "--out", str(target), "--overwrite")
+    assert code == 0, err
+    assert (target / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.txt", "out"]
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_an_interrupted_finetune_leaves_nothing_behind(tmp_path, signum):
+    import signal
+    import time
+
+    out = tmp_path / "o"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vocabprune", "finetune", "--out", str(out), "--limit", "400"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and not any("trainer" in p.name for p in tmp_path.iterdir()):
+        time.sleep(0.2)  # until the Trainer's scratch folder exists: training has started
+    assert any("trainer" in p.name for p in tmp_path.iterdir()), "training never started"
+    proc.send_signal(getattr(signal, signum))
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 128 + getattr(signal, signum), err[-1000:]
+    assert f"interrupted ({signum})" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_run_leaves_only_a_named_temporary_that_the_next_run_removes(capsys, tmp_path):
+    stale = tmp_path / ".o.vocabprune-tmp-999999999-trainer-abc123"  # a pid that does not exist
+    stale.mkdir()
+    (stale / "partial").write_text("left by kill -9")
+    data = tmp_path / "d.txt"
+    data.write_text("markets fell sharply\n")
+    code, _, err = _run(capsys, "prune", "--data", str(data), "--out", str(tmp_path / "o"))
+    assert code == 0, err
+    assert not stale.exists()

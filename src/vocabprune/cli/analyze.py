@@ -13,9 +13,10 @@ import numpy as np
 from vocabprune.cli.defaults import default_data, default_model
 from vocabprune.cli.options import AnalyzeOptions
 from vocabprune.core.loaders import load_config, load_tokenizer
-from vocabprune.core.vocab import KeptVocab
+from vocabprune.core.vocab import KeptVocab, tokenizer_fingerprint
 from vocabprune.data.accounting import BYTES_BREAKDOWN, BYTES_PER_PARAM, budget
-from vocabprune.data.growth import growth_report, split_overlap
+from vocabprune.data.counts import Counts, save_counts
+from vocabprune.data.growth import growth_report, plot, split_overlap
 from vocabprune.data.scan import scan
 
 
@@ -71,8 +72,23 @@ def _per_column(
     }
 
 
+def _write_outputs(
+    opts: AnalyzeOptions, report: dict[str, Any], kept: KeptVocab, counts: Any, tokenizer: Any
+) -> None:
+    """--save-kept, --save-counts and --plot, each written atomically; recorded in the report."""
+    if opts.save_kept:
+        report["kept_vocab_file"] = str(kept.save(opts.save_kept))
+    if opts.save_counts:
+        found = Counts(counts, tokenizer_fingerprint(tokenizer), {"shards": 1})
+        report["counts_file"] = str(save_counts(opts.save_counts, found))
+    if opts.plot:
+        report["plot_file"] = plot(report, kept.counts, opts.plot)
+
+
 def analyze(opts: AnalyzeOptions) -> tuple[dict[str, Any], KeptVocab]:
-    """Scan the data with the model's tokenizer; report kept ids, parameters and bytes."""
+    """Scan the data with the model's tokenizer; report kept ids, parameters and bytes, and write
+    the files asked for (kept vocabulary, counts, plot)."""
+    opts.validate()
     model_path = opts.model or default_model()
     sources = list(opts.data) or default_data()
     tokenizer = load_tokenizer(model_path)
@@ -130,6 +146,7 @@ def analyze(opts: AnalyzeOptions) -> tuple[dict[str, Any], KeptVocab]:
     columns = [c.strip() for c in (opts.text_column or "").split(",") if c.strip()]
     if len(columns) > 1:
         report.update(_per_column(tokenizer, sources, columns, opts, rows))
+    _write_outputs(opts, report, kept, counts, tokenizer)
     return report, kept
 
 

@@ -8,6 +8,7 @@ kept vocabulary (counts combined, digests compared).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,18 +33,29 @@ class LabelledData:
 
 
 def load_labelled(
-    paths: list[str], text_column: str | None, label_column: str | None
-) -> LabelledData:
-    """Read texts and labels from files or labelled folders (labels become 0..n-1)."""
-    examples = read_examples(paths, text_column, label_column, labels=True)
-    raw = examples.labels or []
+    paths: list[str],
+    text_column: str | None,
+    label_column: str | None,
+    eval_paths: list[str] | None = None,
+) -> tuple[LabelledData, int]:
+    """Texts and labels (0..n-1, one numbering for both) of the training files and then the
+    evaluation files; returns the data and how many rows at its end are evaluation rows."""
+    parts = [read_examples(paths, text_column, label_column, labels=True)]
+    if eval_paths:
+        parts.append(read_examples(eval_paths, text_column, label_column, labels=True))
+    if len({p.pairs is None for p in parts}) > 1:
+        raise ScanError("--data and --eval-data must both give one text, or both a pair")
+    raw = [v for p in parts for v in (p.labels or [])]
     if any(v is None for v in raw):
         raise ScanError("some examples have no label")
     names = sorted({str(v) for v in raw}, key=_label_key)
     if len(names) < 2:
         raise ScanError(f"classification needs at least 2 labels, found {names}")
     index = {name: i for i, name in enumerate(names)}
-    return LabelledData(examples.texts, examples.pairs, [index[str(v)] for v in raw], names)
+    texts = [t for p in parts for t in p.texts]
+    pairs = None if parts[0].pairs is None else [t for p in parts for t in p.pairs or []]
+    n_eval = len(parts[1]) if len(parts) > 1 else 0
+    return LabelledData(texts, pairs, [index[str(v)] for v in raw], names), n_eval
 
 
 def _label_key(name: str) -> tuple[int, Any]:
@@ -73,20 +85,30 @@ class _Examples:
         return item
 
 
-def _load(opts: FinetuneOptions, say: steps.Say) -> tuple[Any, ...]:
-    """Data, split, tokenizer, encodings and the model with a fresh classifier head."""
+@dataclass
+class Loaded:
+    """The job's inputs: data (training rows, then any --eval-data rows), split, tokenizer,
+    encodings, and the model with a fresh classifier head."""
+
+    model_path: str
+    data: LabelledData
+    rows: tuple[np.ndarray, np.ndarray, np.ndarray]  # (seen, eval, train)
+    tokenizer: Any
+    encodings: dict[str, Any]
+    model: Any
+
+
+def _load(opts: FinetuneOptions, say: steps.Say) -> Loaded:
     from transformers import AutoModelForSequenceClassification, set_seed
 
     model_path = opts.model or default_model()
-    data = load_labelled(list(opts.data) or default_data(), opts.text_column, opts.label_column)
-    order, eval_rows, train_rows = steps.split_rows(len(data.texts), opts)
+    paths = list(opts.data) or default_data()
+    data, n_eval = load_labelled(paths, opts.text_column, opts.label_column, list(opts.eval_data))
+    rows = steps.split_rows(len(data.texts) - n_eval, opts, n_eval)
     say(
-        f"data: {len(train_rows)} train / {len(eval_rows)} eval examples, "
-        f"{len(data.label_names)} labels"
+        f"data: {len(rows[2])} train / {len(rows[1])} eval examples, {len(data.label_names)} labels"
     )
     tokenizer = load_tokenizer(model_path)
-    args = (data.texts,) if data.pairs is None else (data.texts, data.pairs)
-    encodings = dict(tokenizer(*args, **steps.tokenize_kwargs(opts.max_length)))
     set_seed(opts.seed)  # the classifier head is initialised at load time
     model = load_model(
         AutoModelForSequenceClassification,
@@ -95,42 +117,35 @@ def _load(opts: FinetuneOptions, say: steps.Say) -> tuple[Any, ...]:
         id2label=dict(enumerate(data.label_names)),
         label2id={n: i for i, n in enumerate(data.label_names)},
     )
-    return model_path, data, (order, eval_rows, train_rows), tokenizer, encodings, model
+    args = (data.texts,) if data.pairs is None else (data.texts, data.pairs)
+    length = steps.max_length(opts, tokenizer, model)
+    encodings = dict(tokenizer(*args, **steps.tokenize_kwargs(length)))
+    return Loaded(model_path, data, rows, tokenizer, encodings, model)
 
 
-def _prepare(opts, model, tokenizer, encodings, order, say) -> steps.Pruning:  # type: ignore[no-untyped-def]
+def _prepare(opts: FinetuneOptions, job: Loaded, say: steps.Say) -> steps.Pruning:
     """Every id the run will see (train and evaluation inputs, as tokenized), agreed by every
     rank (max: each rank read all the data), then pruned."""
     from transformers import DataCollatorWithPadding
 
     pruning = steps.choose_vocabulary(
-        encodings["input_ids"],
-        order,
-        tokenizer=tokenizer,
-        model=model,
-        meta={"max_length": opts.max_length, "examples": len(order)},
+        job.encodings["input_ids"],
+        job.rows[0],
+        tokenizer=job.tokenizer,
+        model=job.model,
+        meta={"max_length": opts.max_length, "examples": len(job.rows[0])},
         combine=lambda counts: vpdist.agree_counts(counts, op="max"),
+        kept_file=opts.kept,
     )
     pruning.digests = vpdist.check_same_kept(pruning.kept)
     return steps.prune_for_training(
-        model,
+        job.model,
         pruning,
-        DataCollatorWithPadding(tokenizer),
-        tokenizer=tokenizer,
+        DataCollatorWithPadding(job.tokenizer),
+        tokenizer=job.tokenizer,
         enabled=opts.prune,
         say=say,
     )
-
-
-def _checkpoints(opts: FinetuneOptions, out: Path, is_main: bool) -> tuple[Any, str, Any]:
-    """(checkpoint folder or None, Trainer output_dir, checkpoint to resume from or None)."""
-    checkpoint_dir = None
-    if opts.save_steps or opts.resume:
-        checkpoint_dir = Path(opts.checkpoint_dir or out.with_name(out.name + ".checkpoints"))
-        scratch = str(checkpoint_dir)
-    else:  # one scratch folder for all ranks (Trainer writes per-rank files into it)
-        scratch = vpdist.broadcast_object(steps.make_scratch(out) if is_main else None)
-    return checkpoint_dir, scratch, resume_checkpoint(opts.resume, checkpoint_dir)
 
 
 def _evaluate(trainer: Any, eval_set: _Examples) -> tuple[list[int], dict[str, Any]]:
@@ -144,47 +159,68 @@ def _evaluate(trainer: Any, eval_set: _Examples) -> tuple[list[int], dict[str, A
     return predictions, {"eval_loss": loss, "eval_accuracy": accuracy}
 
 
-def run_finetune(opts: FinetuneOptions, *, log: Any = None) -> dict[str, Any]:
-    """Run the classification job; returns the report (also written to OUT/vocabprune_run.json)."""
+def _train(
+    opts: FinetuneOptions, job: Loaded, pruning: steps.Pruning, scratch: str, log: Any
+) -> tuple[steps.Trained, list[int], dict[str, Any], Path | None]:
+    """Train, evaluate, restore. Returns (trained, predictions, metrics, resumed from)."""
     import torch
 
-    vpdist.init_from_env()  # under torchrun: the process group Trainer will use
-    is_main = vpdist.rank() == 0
-    say = (log if is_main else None) or steps.quiet
-    out = steps.check_options(opts)
-    model_path, data, (order, eval_rows, train_rows), tokenizer, encodings, model = _load(opts, say)
-    pruning = _prepare(opts, model, tokenizer, encodings, order, say)
-    checkpoint_dir, scratch, resume = _checkpoints(opts, out, is_main)
+    checkpoint_dir = _checkpoint_dir(opts)
+    resume = resume_checkpoint(opts.resume, checkpoint_dir)
     targs = steps.training_args(
         opts,
-        scratch,
+        str(checkpoint_dir) if checkpoint_dir else scratch,
         log=log,
         per_device_eval_batch_size=max(opts.batch_size, 32),
         # torchrun on CPU: Trainer runs DDP over gloo only when told the run is CPU-only.
         **({"use_cpu": True} if vpdist.is_distributed() and not torch.cuda.is_available() else {}),
     )
-    train_set = _Examples(encodings, data.labels, train_rows)
+    _, eval_rows, train_rows = job.rows
+    train_set = _Examples(job.encodings, job.data.labels, train_rows)
+    say = (log if vpdist.rank() == 0 else None) or steps.quiet
+    say = (log if vpdist.rank() == 0 else None) or steps.quiet
     trainer, output, seconds = steps.train(
-        model, targs, train_set, pruning.collator, resume=resume, say=say
+        job.model, targs, train_set, pruning.collator, resume=resume, say=say
     )
     trained = steps.Trained(output, seconds)
-    predictions, metrics = _evaluate(trainer, _Examples(encodings, data.labels, eval_rows))
+    predictions, metrics = _evaluate(trainer, _Examples(job.encodings, job.data.labels, eval_rows))
     # once per rank; dropped rows get the tracked weight-decay factor
-    trained.decay_factor, trained.restore_seconds = steps.restore_trained(model, opts.prune)
-    del trainer
-    vpdist.barrier()
-    if checkpoint_dir is None and is_main:
-        steps.rmtree(scratch)
+    trained.decay_factor, trained.restore_seconds = steps.restore_trained(job.model, opts.prune)
+    return trained, predictions, metrics, resume
+
+
+def _checkpoint_dir(opts: FinetuneOptions) -> Path | None:
+    if not (opts.save_steps or opts.resume):
+        return None
+    out = Path(opts.out)
+    return Path(opts.checkpoint_dir or out.with_name(out.name + ".checkpoints"))
+
+
+def run_finetune(opts: FinetuneOptions, *, log: Any = None) -> dict[str, Any]:
+    """Run the classification job; returns the report (also written to OUT/vocabprune_run.json)."""
+    vpdist.init_from_env()  # under torchrun: the process group Trainer will use
+    is_main = vpdist.rank() == 0
+    say = (log if is_main else None) or steps.quiet
+    out = steps.check_options(opts)
+    job = _load(opts, say)
+    pruning = _prepare(opts, job, say)
+    with contextlib.ExitStack() as stack:
+        # one scratch folder for all ranks (Trainer writes per-rank files into it)
+        scratch = stack.enter_context(steps.trainer_scratch(out)) if is_main else None
+        scratch = vpdist.broadcast_object(str(scratch) if scratch else None)
+        trained, predictions, metrics, resume = _train(opts, job, pruning, scratch, log)
+        vpdist.barrier()
+    checkpoint_dir = _checkpoint_dir(opts)
     report = steps.build_report(
         opts,
         head={},
-        paths=(model_path, list(opts.data) or default_data()),
+        paths=(job.model_path, list(opts.data) or default_data()),
         pruning=pruning,
-        examples=(len(train_rows), len(eval_rows)),
+        examples=(len(job.rows[2]), len(job.rows[1])),
         trained=trained,
         metrics=metrics,
         tail={
-            "device": steps.device_of(model),
+            "device": steps.device_of(job.model),
             "world_size": vpdist.world_size(),
             "rank": vpdist.rank(),
             "kept_digest": pruning.digests[0],
@@ -199,8 +235,8 @@ def run_finetune(opts: FinetuneOptions, *, log: Any = None) -> dict[str, Any]:
         steps.save_run(
             out,
             overwrite=opts.overwrite,
-            model=model,
-            tokenizer=tokenizer,
+            model=job.model,
+            tokenizer=job.tokenizer,
             kept=pruning.kept,
             report=report,
         )

@@ -90,10 +90,31 @@ def _heldout(
     return metrics
 
 
-def run_lm_finetune(opts: FinetuneOptions, *, log: Any = None) -> dict[str, Any]:
-    """`vocabprune finetune --task causal-lm|masked-lm`; returns the report."""
+def _load_model(opts: FinetuneOptions, model_path: str, warn: steps.Say) -> Any:
+    """The LM, and a warning when the checkpoint has no trained head for the task (its missing
+    weights start random: a masked-LM run on an encoder-only checkpoint starts near perplexity
+    = vocabulary size)."""
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, set_seed
 
+    set_seed(opts.seed)
+    auto = AutoModelForCausalLM if opts.task == "causal-lm" else AutoModelForMaskedLM
+    model, info = load_model(auto, model_path, output_loading_info=True)
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        shown = ", ".join(missing[:3]) + (
+            f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        )
+        warn(
+            f"{model_path} has no trained {opts.task} head ({shown} start from random values); "
+            "the run trains it from scratch"
+        )
+    return model
+
+
+def run_lm_finetune(
+    opts: FinetuneOptions, *, log: Any = None, warn: steps.Say | None = None
+) -> dict[str, Any]:
+    """`vocabprune finetune --task causal-lm|masked-lm`; returns the report."""
     _check(opts)
     say = log or steps.quiet
     out = steps.check_options(opts)
@@ -101,32 +122,33 @@ def run_lm_finetune(opts: FinetuneOptions, *, log: Any = None) -> dict[str, Any]
     model_path = opts.model or default_model(opts.task)
     data_paths = list(opts.data) or default_data()
     texts = load_texts(data_paths, opts.text_column)
-    order, eval_rows, train_rows = steps.split_rows(len(texts), opts)
+    n_eval = 0
+    if opts.eval_data:
+        held = load_texts(list(opts.eval_data), opts.text_column)
+        texts, n_eval = texts + held, len(held)
+    order, eval_rows, train_rows = steps.split_rows(len(texts) - n_eval, opts, n_eval)
     say(f"data: {len(train_rows)} train / {len(eval_rows)} eval texts ({opts.task})")
     tokenizer = load_tokenizer(model_path)
-    input_ids = tokenizer(texts, **steps.tokenize_kwargs(opts.max_length))["input_ids"]
+    model = _load_model(opts, model_path, warn or steps.warn)
+    length = steps.max_length(opts, tokenizer, model)
+    input_ids = tokenizer(texts, **steps.tokenize_kwargs(length))["input_ids"]
     if causal:  # a one-token text predicts nothing
         train_rows = np.asarray([r for r in train_rows if len(input_ids[int(r)]) >= 2])
-    set_seed(opts.seed)
-    model = load_model(AutoModelForCausalLM if causal else AutoModelForMaskedLM, model_path)
     pruning = steps.choose_vocabulary(
         input_ids,
         order,
         tokenizer=tokenizer,
         model=model,
-        meta={"max_length": opts.max_length, "examples": len(order), "task": opts.task},
+        meta={"max_length": length, "examples": len(order), "task": opts.task},
+        kept_file=opts.kept,
     )
     base = _collator(opts, tokenizer, pruning.kept, seed=opts.seed)
     steps.prune_for_training(model, pruning, base, tokenizer=tokenizer, enabled=opts.prune, say=say)
-    scratch = steps.make_scratch(out)
-    targs = steps.training_args(opts, scratch, log=log, remove_unused_columns=False)
-    trainer, output, seconds = steps.train(
-        model, targs, _Rows(input_ids, train_rows), pruning.collator
-    )
-    trained = steps.Trained(output, seconds)
-    trained.decay_factor, trained.restore_seconds = steps.restore_trained(model, opts.prune)
-    del trainer
-    steps.rmtree(scratch, check=False)
+    with steps.trainer_scratch(out) as scratch:
+        targs = steps.training_args(opts, str(scratch), log=log, remove_unused_columns=False)
+        _, output, seconds = steps.train(model, targs, _Rows(input_ids, train_rows), base)
+        trained = steps.Trained(output, seconds)
+        trained.decay_factor, trained.restore_seconds = steps.restore_trained(model, opts.prune)
     report = steps.build_report(
         opts,
         head={"task": opts.task},

@@ -1,7 +1,9 @@
 """Command line: `vocabprune analyze`, `vocabprune finetune` and `vocabprune prune`.
 
-Flags are parsed into the typed options of cli/options.py and handed to the job. Every failure
-is one line on stderr naming the problem, and exit status 2.
+Flags are parsed (cli/parser.py) into the typed options of cli/options.py, validated there, and
+handed to the job. Every failure is one line on stderr naming the problem (`vocabprune: error:
+...`) and exit status 2; outputs are written to temporaries and renamed, and the temporaries of a
+run that fails or is interrupted (SIGINT, SIGTERM) are removed.
 """
 
 from __future__ import annotations
@@ -10,148 +12,66 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from vocabprune.cli.options import TASKS, AnalyzeOptions, FinetuneOptions, PruneOptions
+from vocabprune.cli.options import AnalyzeOptions, FinetuneOptions, PruneOptions
+from vocabprune.cli.parser import EXIT_ERROR, build_parser
 from vocabprune.core.errors import VocabPruneError
 
-EXIT_ERROR = 2
+
+def _say(args: argparse.Namespace) -> Callable[[str], None] | None:
+    return None if args.json else (lambda msg: print(f"vocabprune: {msg}", file=sys.stderr))
 
 
-def _add_data_args(p: argparse.ArgumentParser, *, many: bool = True) -> None:
-    p.add_argument("--model", help="Hugging Face model folder (default: the packaged MiniLM)")
-    p.add_argument(
-        "--data",
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="a .txt/.jsonl/.csv/.tsv/.parquet file or a folder of <label>/*.txt; "
-        "repeatable (default: BBC News)",
-    )
-    p.add_argument("--text-column", help="text column; 'a,b' for sentence pairs")
-    p.add_argument("--max-length", type=int, help="truncate to N tokens, as training will")
+def _warn(message: str) -> None:
+    print(f"vocabprune: warning: {message}", file=sys.stderr)
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("vocabprune")
-    except PackageNotFoundError:  # pragma: no cover - running from a source tree
-        return "unknown"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vocabprune",
-        description="Keep only the embedding rows your data uses; fine-tune; restore a full model.",
-    )
-    parser.add_argument("--version", action="version", version=f"vocabprune {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    an = sub.add_parser("analyze", help="count the ids the data uses and what pruning saves")
-    _add_data_args(an)
-    an.add_argument("--min-count", type=int, default=1, help="keep ids seen at least N times")
-    an.add_argument("--save-kept", metavar="FILE", help="write the kept vocabulary (JSON)")
-    an.add_argument(
-        "--plot", metavar="FILE.png", help="draw vocabulary growth and top-k coverage (PNG)"
-    )
-    an.add_argument("--json", action="store_true", help="print one JSON object")
-
-    ft = sub.add_parser("finetune", help="fine-tune a sequence classifier, pruned, and restore")
-    _add_data_args(ft)
-    ft.set_defaults(max_length=128)
-    ft.add_argument("--label-column", help="label column (default: guessed; folders: sub-folder)")
-    ft.add_argument(
-        "--task",
-        choices=TASKS,
-        default="classification",
-        help="objective (default: classification); causal-lm defaults to the packaged SmolLM2",
-    )
-    ft.add_argument("--out", required=True, help="folder for the restored full model")
-    ft.add_argument(
-        "--max-steps", type=int, default=-1, help="stop after N steps (overrides epochs)"
-    )
-    ft.add_argument("--epochs", type=float, default=1.0)
-    ft.add_argument("--batch-size", type=int, default=16)
-    ft.add_argument("--lr", type=float, default=5e-5)
-    ft.add_argument("--weight-decay", type=float, default=0.0)
-    ft.add_argument("--seed", type=int, default=42)
-    ft.add_argument("--eval-fraction", type=float, default=0.1)
-    ft.add_argument("--limit", type=int, help="use only N examples (quick runs)")
-    ft.add_argument(
-        "--no-prune",
-        dest="prune",
-        action="store_false",
-        help="fine-tune the full model (the baseline)",
-    )
-    ft.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    ft.add_argument("--save-steps", type=int, help="write a Trainer checkpoint every N steps")
-    ft.add_argument(
-        "--checkpoint-dir", help="folder for checkpoints (default: OUT.checkpoints beside OUT)"
-    )
-    ft.add_argument(
-        "--resume",
-        metavar="CHECKPOINT|auto",
-        help="resume from a checkpoint folder, or 'auto': the latest in the checkpoint folder",
-    )
-    ft.add_argument("--json", action="store_true", help="print one JSON object")
-    pr = sub.add_parser("prune", help="write a compact inference model with only the kept rows")
-    _add_data_args(pr)
-    pr.add_argument("--out", required=True, help="folder for the compact model")
-    pr.add_argument(
-        "--standalone",
-        action="store_true",
-        help="rewrite the tokenizer to the kept vocabulary: loads without vocabprune",
-    )
-    pr.add_argument("--min-count", type=int, default=1, help="keep ids seen at least N times")
-    pr.add_argument("--target-size", type=int, help="keep at most N ids, most frequent first")
-    pr.add_argument(
-        "--unknown",
-        choices=("error", "unk", "grow"),
-        help="at inference, ids the data never had: error (default), unk, grow from the "
-        "original checkpoint",
-    )
-    pr.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    pr.add_argument("--json", action="store_true", help="print one JSON object")
-    return parser
-
-
-def _quiet_transformers() -> None:
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
+def _data(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "model": args.model,
+        "data": args.data,
+        "text_column": args.text_column,
+        "max_length": args.max_length,
+    }
 
 
 def cmd_analyze(args: argparse.Namespace) -> dict[str, Any]:
     from vocabprune.cli.analyze import analyze, format_report
 
-    report, kept = analyze(
-        AnalyzeOptions(
-            model=args.model,
-            data=args.data,
-            text_column=args.text_column,
-            max_length=args.max_length,
-            min_count=args.min_count,
-            progress=False if args.json else None,
-        )
+    opts = AnalyzeOptions(
+        **_data(args),
+        min_count=args.min_count,
+        save_kept=args.save_kept,
+        save_counts=args.save_counts,
+        plot=args.plot,
+        progress=False if args.json else None,
     )
-    if args.save_kept:
-        report["kept_vocab_file"] = str(kept.save(args.save_kept))
-    if getattr(args, "plot", None):
-        from vocabprune.data.growth import plot
-
-        report["plot_file"] = plot(report, kept.counts, args.plot)
+    report, _ = analyze(opts)
     if not args.json:
         print(format_report(report))
     return report
+
+
+def _finetune_line(report: dict[str, Any]) -> str:
+    if report.get("eval_perplexity") is not None:
+        score = f"held-out perplexity (restored model) {report['eval_perplexity']:.3f}"
+    elif report.get("task") == "sentence-embedding":
+        acc = report.get("eval_accuracy")
+        score = f"held-out retrieval accuracy@1 {'n/a' if acc is None else f'{acc:.3f}'}"
+    else:
+        acc = report.get("eval_accuracy")
+        score = f"eval accuracy {'n/a' if acc is None else f'{acc:.3f}'}"
+    return (
+        f"{'pruned' if report['pruned'] else 'full'} fine-tuning: kept "
+        f"{report['kept_tokens']:,}/{report['vocab_size']:,} ids, "
+        f"{report['trainable_params']:,} trainable parameters "
+        f"(full {report['full_trainable_params']:,}), {report['steps']} steps in "
+        f"{report['train_seconds']:.1f} s, {score}; restored full model written to {report['out']}"
+    )
 
 
 def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
@@ -159,71 +79,30 @@ def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
     from vocabprune.cli.lm import run_lm_finetune
     from vocabprune.cli.sentence import run_sentence_finetune
 
-    opts = FinetuneOptions(
-        out=args.out,
-        model=args.model,
-        data=args.data,
-        text_column=args.text_column,
-        label_column=args.label_column,
-        max_length=args.max_length,
-        max_steps=args.max_steps,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-        eval_fraction=args.eval_fraction,
-        prune=args.prune,
-        overwrite=args.overwrite,
-        limit=args.limit,
-        save_steps=args.save_steps,
-        checkpoint_dir=args.checkpoint_dir,
-        resume=args.resume,
-        task=args.task,
-    )
-    log = None if args.json else (lambda msg: print(f"vocabprune: {msg}", file=sys.stderr))
+    names = ("out", "eval_data", "label_column", "max_steps", "epochs", "batch_size", "lr")
+    names += ("weight_decay", "seed", "eval_fraction", "prune", "overwrite", "limit", "kept")
+    names += ("save_steps", "checkpoint_dir", "resume", "task")
+    opts = FinetuneOptions(**_data(args), **{n: getattr(args, n) for n in names})
     # Trainer prints its logs on stdout: keep stdout for the one JSON object.
     with contextlib.redirect_stdout(sys.stderr):
-        jobs = {"classification": run_finetune, "sentence-embedding": run_sentence_finetune}
-        job = jobs.get(opts.task, run_lm_finetune)
-        report = job(opts, log=log)
+        if opts.task == "classification":
+            report = run_finetune(opts, log=_say(args))
+        elif opts.task == "sentence-embedding":
+            report = run_sentence_finetune(opts, log=_say(args))
+        else:
+            report = run_lm_finetune(opts, log=_say(args), warn=_warn)
     report.pop("eval_predictions", None)
     if not args.json:
-        acc = report["eval_accuracy"]
-        print(
-            f"{'pruned' if report['pruned'] else 'full'} fine-tuning: kept "
-            f"{report['kept_tokens']:,}/{report['vocab_size']:,} ids, "
-            f"{report['trainable_params']:,} trainable parameters "
-            f"(full {report['full_trainable_params']:,}), {report['steps']} steps in "
-            f"{report['train_seconds']:.1f} s, "
-            + (
-                f"held-out perplexity (restored model) {report['eval_perplexity']:.3f}; "
-                if report.get("eval_perplexity") is not None
-                else f"eval accuracy {'n/a' if acc is None else f'{acc:.3f}'}; "
-            )
-            + "restored full model written to "
-            f"{report['out']}"
-        )
+        print(_finetune_line(report))
     return report
 
 
 def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
     from vocabprune.cli.prune import run_prune
 
-    opts = PruneOptions(
-        out=args.out,
-        model=args.model,
-        data=args.data,
-        text_column=args.text_column,
-        max_length=args.max_length,
-        standalone=args.standalone,
-        min_count=args.min_count,
-        target_size=args.target_size,
-        unknown=args.unknown,
-        overwrite=args.overwrite,
-    )
-    log = None if args.json else (lambda msg: print(f"vocabprune: {msg}", file=sys.stderr))
-    report = run_prune(opts, log=log)
+    names = ("out", "standalone", "min_count", "target_size", "unknown", "overwrite", "kept")
+    opts = PruneOptions(**_data(args), **{n: getattr(args, n) for n in names})
+    report = run_prune(opts, log=_say(args))
     if not args.json:
         print(
             f"{'standalone' if report['standalone'] else 'compact'} model written to "
@@ -238,22 +117,78 @@ def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
 COMMANDS = {"analyze": cmd_analyze, "finetune": cmd_finetune, "prune": cmd_prune}
 
 
+def _quiet_transformers() -> None:
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every `finally` removes what it wrote."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _fail(message: str) -> int:
+    text = " ".join(str(message).split()) or "unexpected error"
+    print(f"vocabprune: error: {text}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _print_json(report: dict[str, Any]) -> None:
+    print(json.dumps(report, indent=2, default=str))
+    sys.stdout.flush()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_transformers()
     try:
-        report = COMMANDS[args.command](args)
+        with _terminate_as_interrupt():
+            report = COMMANDS[args.command](args)
+            if args.json and report.get("rank", 0) == 0:  # torchrun: rank 0 prints
+                _print_json(report)
+            else:
+                sys.stdout.flush()
     except VocabPruneError as exc:
-        print(f"vocabprune: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except (FileExistsError, FileNotFoundError, PermissionError) as exc:
-        print(f"vocabprune: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("vocabprune: interrupted", file=sys.stderr)
-        return 130
-    if getattr(args, "json", False) and report.get("rank", 0) == 0:  # torchrun: rank 0 prints
-        print(json.dumps(report, indent=2, default=str))
+        return _fail(str(exc))
+    except (FileExistsError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        return _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+    except BrokenPipeError:
+        # The reader of stdout went away (`| head`): say so once, and silence the final flush.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return _fail("stdout was closed before all the output was written (broken pipe)")
+    except MemoryError:
+        return _fail("out of memory (try a smaller --batch-size or --max-length)")
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        name = signal.Signals(signum).name
+        print(f"vocabprune: interrupted ({name}); unfinished outputs removed", file=sys.stderr)
+        return 128 + int(signum)
     return 0
 
 

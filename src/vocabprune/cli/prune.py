@@ -17,7 +17,7 @@ import numpy as np
 from vocabprune.cli.defaults import default_data, default_model
 from vocabprune.cli.options import PruneOptions
 from vocabprune.core.checkpoint import checkpoint_files
-from vocabprune.core.errors import VocabPruneError
+from vocabprune.core.errors import MismatchError, VocabPruneError
 from vocabprune.core.loaders import (
     load_config,
     load_model,
@@ -25,7 +25,8 @@ from vocabprune.core.loaders import (
     model_class,
     model_kwargs,
 )
-from vocabprune.core.vocab import KeptVocab, special_ids
+from vocabprune.core.vocab import KeptVocab, special_ids, tokenizer_fingerprint
+from vocabprune.data.counts import load_counts
 from vocabprune.data.scan import bincount_ids
 from vocabprune.data.sources import Examples, read_examples
 from vocabprune.deploy.export import export_pruned, folder_bytes, verify_standalone_tokenizer
@@ -34,16 +35,8 @@ from vocabprune.deploy.tokenizer_rewrite import MergeClosure, required_ids, toke
 
 
 def _check(opts: PruneOptions) -> Path:
-    if opts.min_count < 1:
-        raise VocabPruneError("--min-count must be at least 1")
-    if opts.target_size is not None and opts.target_size < 1:
-        raise VocabPruneError("--target-size must be at least 1")
-    if opts.max_length is not None and opts.max_length < 2:
-        raise VocabPruneError("--max-length must be at least 2")
-    out = Path(opts.out)
-    if out.exists() and not opts.overwrite:
-        raise FileExistsError(f"output folder already exists: {out} (use --overwrite)")
-    return out
+    opts.validate()
+    return Path(opts.out)
 
 
 @dataclass
@@ -114,6 +107,35 @@ def _choose(
         scanned.counts, tokenizer=tokenizer, model=model, extra_ids=sorted(extra), vocab_size=rows
     )
     return kept, extra
+
+
+def _given(opts: PruneOptions, tokenizer: Any, model: Any, scanned: Scanned) -> KeptVocab | None:
+    """--kept: a saved kept vocabulary (returned, checked against the model and the data), or
+    counts (added to the scanned ones, None returned)."""
+    if not opts.kept:
+        return None
+    if Path(opts.kept).suffix.lower() != ".json":
+        given = load_counts(opts.kept)
+        given.check_tokenizer(tokenizer_fingerprint(tokenizer), opts.kept)
+        if given.vocab_size != scanned.counts.size:
+            raise MismatchError(
+                f"{opts.kept} counts {given.vocab_size} ids, the model has {scanned.counts.size}"
+            )
+        scanned.counts = scanned.counts + given.counts
+        return None
+    if opts.min_count > 1 or opts.target_size is not None:
+        raise VocabPruneError("--kept gives the kept vocabulary: drop --min-count / --target-size")
+    kept = KeptVocab.load(opts.kept)
+    kept.check_model(model)
+    kept.check_tokenizer(tokenizer)
+    missing = np.flatnonzero((scanned.counts > 0) & (kept.old_to_new < 0))
+    if missing.size:
+        token = tokenizer.convert_ids_to_tokens(int(missing[0]))
+        raise MismatchError(
+            f"the kept vocabulary in {opts.kept} lacks {token!r} (id {int(missing[0])}) and "
+            f"{missing.size - 1} more ids of the data"
+        )
+    return kept
 
 
 def _unknown_policy(opts: PruneOptions, tokenizer: Any, dropped: int, standalone: bool) -> str:
@@ -192,7 +214,8 @@ def run_prune(opts: PruneOptions, *, log: Callable[[str], None] | None = None) -
     rows = int(model.get_input_embeddings().weight.shape[0])
     scanned = _scan(opts, tokenizer, corpus, rows, words)
     data = tokenizer_json(tokenizer) if opts.standalone else None
-    kept, extra = _choose(opts, tokenizer, model, scanned, data)
+    given = _given(opts, tokenizer, model, scanned)
+    kept, extra = (given, set()) if given else _choose(opts, tokenizer, model, scanned, data)
     dropped = int(scanned.counts.sum() - scanned.counts[kept.kept_ids].sum())
     unknown = _unknown_policy(opts, tokenizer, dropped, data is not None)
     meta = {

@@ -19,8 +19,6 @@ from vocabprune.cli.defaults import default_data, default_model
 from vocabprune.cli.options import FinetuneOptions
 from vocabprune.core.errors import VocabPruneError
 from vocabprune.core.files import atomic_dir
-from vocabprune.data.accounting import count_params
-from vocabprune.data.scan import build_kept_vocab
 from vocabprune.data.sources import Examples, read_examples
 
 
@@ -51,9 +49,8 @@ def retrieval_scores(model: Any, first: list[str], second: list[str]) -> dict[st
     return {"eval_accuracy": float(np.mean(rank == 1)), "eval_mrr": float(np.mean(1.0 / rank))}
 
 
-def _pairs(opts: FinetuneOptions) -> Examples:
-    paths = list(opts.data) or default_data()
-    return read_examples(paths, opts.text_column).title_body(", ".join(map(str, paths)))
+def _pairs(paths: list[str], text_column: str | None) -> Examples:
+    return read_examples(paths, text_column).title_body(", ".join(map(str, paths)))
 
 
 def _trainer(opts: FinetuneOptions, model: Any, train: Any, scratch: str, log: Any) -> Any:
@@ -84,41 +81,60 @@ def _trainer(opts: FinetuneOptions, model: Any, train: Any, scratch: str, log: A
     )
 
 
+def _load(opts: FinetuneOptions) -> tuple[Any, Examples, int]:
+    """The SentenceTransformer, the pairs (training, then --eval-data), how many are eval."""
+    st, _, _ = _imports()
+    pairs = _pairs(list(opts.data) or default_data(), opts.text_column)
+    n_eval = 0
+    if opts.eval_data:
+        held = _pairs(list(opts.eval_data), opts.text_column)
+        assert pairs.pairs is not None and held.pairs is not None
+        pairs = Examples(pairs.texts + held.texts, pairs.pairs + held.pairs, None)
+        n_eval = len(held)
+    path = opts.model or default_model()
+    try:
+        model = st.SentenceTransformer(path, device="cpu", trust_remote_code=False)
+    except Exception as exc:  # another library's loader: one line naming the folder
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise VocabPruneError(f"could not load a SentenceTransformer from {path}: {first}") from exc
+    return model, pairs, n_eval
+
+
 def run_sentence_finetune(opts: FinetuneOptions, *, log: Any = None) -> dict[str, Any]:
     """Run the job; returns the report (also written to OUT/vocabprune_run.json)."""
-    st, _, datasets = _imports()
+    _, _, datasets = _imports()
     say = log or steps.quiet
     out = steps.check_options(opts)
-    model_path = opts.model or default_model()
-    pairs = _pairs(opts)
-    order, eval_rows, train_rows = steps.split_rows(len(pairs), opts)
+    model, pairs, n_eval = _load(opts)
+    order, eval_rows, train_rows = steps.split_rows(len(pairs) - n_eval, opts, n_eval)
     assert pairs.pairs is not None
     first, second = pairs.texts, pairs.pairs
     say(f"data: {len(train_rows)} train / {len(eval_rows)} eval pairs (sentence-embedding)")
-    model = st.SentenceTransformer(model_path, device="cpu", trust_remote_code=False)
-    if opts.max_length:
-        model.max_seq_length = opts.max_length
     inner = model[0].auto_model
-    vocab_size = int(inner.get_input_embeddings().weight.shape[0])
-    seen = [first[int(r)] for r in order] + [second[int(r)] for r in order]
-    kept = build_kept_vocab(model, seen, max_length=model.max_seq_length, progress=False)
-    pruning = steps.Pruning(kept, vocab_size, count_params(model, trainable_only=True))
+    model.max_seq_length = steps.max_length(opts, model.tokenizer, inner)
+    tokenized = model.tokenizer(
+        [first[int(r)] for r in order] + [second[int(r)] for r in order],
+        **steps.tokenize_kwargs(model.max_seq_length),
+    )["input_ids"]
+    pruning = steps.choose_vocabulary(
+        tokenized,
+        np.arange(len(tokenized)),
+        tokenizer=model.tokenizer,
+        model=inner,
+        meta={"max_length": model.max_seq_length, "examples": len(order), "task": opts.task},
+        kept_file=opts.kept,
+    )
     steps.prune_for_training(
         model, pruning, None, tokenizer=model.tokenizer, enabled=opts.prune, say=say
     )
+    rows = [int(r) for r in train_rows]
     train = datasets.Dataset.from_dict(
-        {
-            "anchor": [first[int(r)] for r in train_rows],
-            "positive": [second[int(r)] for r in train_rows],
-        }
+        {"anchor": [first[r] for r in rows], "positive": [second[r] for r in rows]}
     )
-    scratch = steps.make_scratch(out)
-    try:
-        trainer = _trainer(opts, model, train, scratch, log)
+    with steps.trainer_scratch(out) as scratch:
+        trainer = _trainer(opts, model, train, str(scratch), log)
         trained = steps.Trained(*steps.timed(trainer.train))
         trained.decay_factor, trained.restore_seconds = steps.restore_trained(model, opts.prune)
-    finally:
-        steps.rmtree(scratch, check=False)
     metrics = {"eval_accuracy": None, "eval_mrr": None}
     if len(eval_rows):
         held = [int(r) for r in eval_rows]
@@ -126,7 +142,7 @@ def run_sentence_finetune(opts: FinetuneOptions, *, log: Any = None) -> dict[str
     report = steps.build_report(
         opts,
         head={"task": opts.task},
-        paths=(model_path, list(opts.data) or default_data()),
+        paths=(opts.model or default_model(), list(opts.data) or default_data()),
         pruning=pruning,
         examples=(len(train_rows), len(eval_rows)),
         trained=trained,
@@ -136,7 +152,7 @@ def run_sentence_finetune(opts: FinetuneOptions, *, log: Any = None) -> dict[str
     )
     with atomic_dir(out, overwrite=opts.overwrite) as tmp:
         model.save(str(tmp))
-        kept.save(tmp / "kept_vocab.json")
+        pruning.kept.save(tmp / "kept_vocab.json")
         steps.write_report(tmp, report)
     report["eval_predictions"] = []
     return report

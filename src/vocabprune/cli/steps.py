@@ -8,10 +8,8 @@ The task-specific parts (model class, data set, collator, metrics) stay with the
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,13 +19,14 @@ from typing import Any
 import numpy as np
 
 from vocabprune.cli.options import FinetuneOptions
-from vocabprune.core.errors import ScanError, VocabPruneError
-from vocabprune.core.files import atomic_dir
+from vocabprune.core.errors import MismatchError, ScanError, VocabPruneError
+from vocabprune.core.files import atomic_dir, scratch_dir
 from vocabprune.core.prune import prune
 from vocabprune.core.restore import restore
 from vocabprune.core.state import get_state
-from vocabprune.core.vocab import KeptVocab
+from vocabprune.core.vocab import KeptVocab, tokenizer_fingerprint
 from vocabprune.data.accounting import count_params
+from vocabprune.data.counts import load_counts
 from vocabprune.data.scan import count_token_ids
 
 Say = Callable[[str], Any]
@@ -37,31 +36,63 @@ def quiet(_msg: str) -> None:
     return None
 
 
+class RunWarning(UserWarning):
+    """Something about a run the user should know (a head that starts from random values)."""
+
+
+def warn(message: str) -> None:
+    """A job's warning for API callers (the CLI prints `vocabprune: warning: ...` instead)."""
+    import warnings
+
+    warnings.warn(message, RunWarning, stacklevel=3)
+
+
 def check_options(opts: FinetuneOptions) -> Path:
-    """The output folder, after the checks every task makes on the options."""
-    out = Path(opts.out)
-    if out.exists() and not opts.overwrite:
-        raise VocabPruneError(f"output folder already exists: {out} (use --overwrite)")
-    if not 0 <= opts.eval_fraction < 1:
-        raise VocabPruneError(f"--eval-fraction must be in [0, 1), got {opts.eval_fraction}")
-    return out
+    """Validate the options (one rule for every command) and return the output folder."""
+    opts.validate()
+    return Path(opts.out)
 
 
-def split_rows(n: int, opts: FinetuneOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Seeded shuffle of n examples, cut to --limit: (order, eval rows, train rows)."""
+def split_rows(
+    n: int, opts: FinetuneOptions, n_eval: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows the run sees, eval rows, train rows) of examples [0, n) + n_eval given ones.
+
+    With --eval-data (n_eval > 0) the examples after the first n are the evaluation set, used
+    as given; else a seeded --eval-fraction of the first n is held out. --limit cuts the
+    training examples."""
     rng = np.random.default_rng(opts.seed)
     order = rng.permutation(n)
-    if opts.limit:
-        order = order[: opts.limit]
-    n_eval = int(round(len(order) * opts.eval_fraction))
-    eval_rows, train_rows = order[:n_eval], order[n_eval:]
+    if n_eval:
+        train_rows = order[: opts.limit] if opts.limit else order
+        eval_rows = np.arange(n, n + n_eval)
+        seen = np.concatenate([train_rows, eval_rows])
+    else:
+        seen = order[: opts.limit] if opts.limit else order
+        n_held = int(round(len(seen) * opts.eval_fraction))
+        eval_rows, train_rows = seen[:n_held], seen[n_held:]
     if len(train_rows) == 0:
         raise ScanError("no training examples left after the evaluation split")
-    return order, eval_rows, train_rows
+    return seen, eval_rows, train_rows
 
 
-def tokenize_kwargs(max_length: int | None) -> dict[str, Any]:
-    return {"truncation": True, "max_length": max_length} if max_length else {}
+def max_length(opts: FinetuneOptions, tokenizer: Any, model: Any) -> int:
+    """The truncation length: --max-length, within the model's limit ('none': the limit)."""
+    limits = [getattr(tokenizer, "model_max_length", None)]
+    limits.append(getattr(getattr(model, "config", None), "max_position_embeddings", None))
+    sane = [n for n in limits if isinstance(n, int) and 1 < n < 10**7]
+    limit = min(sane) if sane else (opts.max_length or 512)
+    if opts.max_length is None:
+        return limit
+    if opts.max_length > limit:
+        raise VocabPruneError(
+            f"--max-length {opts.max_length} is above the {limit} tokens the model reads"
+        )
+    return opts.max_length
+
+
+def tokenize_kwargs(length: int | None) -> dict[str, Any]:
+    return {"truncation": True, "max_length": length} if length else {}
 
 
 @dataclass
@@ -85,15 +116,45 @@ def choose_vocabulary(
     model: Any,
     meta: dict[str, Any],
     combine: Callable[[np.ndarray], np.ndarray] | None = None,
+    kept_file: str | None = None,
 ) -> Pruning:
-    """The kept vocabulary: every id the run will see (the rows in `order`, as tokenized)."""
+    """The kept vocabulary: every id the run will see (the rows in `order`, as tokenized), or
+    the one in --kept (a kept vocabulary, which must cover those ids; or counts, added to them)."""
     vocab_size = int(model.get_input_embeddings().weight.shape[0])
     seen = [input_ids[int(r)] for r in order]
     counts = count_token_ids(seen, vocab_size, source="training data")
     if combine is not None:
         counts = combine(counts)
+    full = count_params(model, trainable_only=True)
+    if kept_file and Path(kept_file).suffix.lower() == ".json":
+        kept = KeptVocab.load(kept_file)
+        kept.check_model(model)
+        kept.check_tokenizer(tokenizer)
+        _check_covers(kept, counts, tokenizer, kept_file)
+        return Pruning(kept, vocab_size, full)
+    if kept_file:
+        given = load_counts(kept_file)
+        given.check_tokenizer(tokenizer_fingerprint(tokenizer), kept_file)
+        if given.vocab_size != vocab_size:
+            raise MismatchError(
+                f"{kept_file} counts {given.vocab_size} ids, the model has {vocab_size} rows"
+            )
+        counts = counts + given.counts
+        meta = {**meta, "counts_file": str(kept_file)}
     kept = KeptVocab.from_counts(counts, tokenizer=tokenizer, model=model, meta=meta)
-    return Pruning(kept, vocab_size, count_params(model, trainable_only=True))
+    return Pruning(kept, vocab_size, full)
+
+
+def _check_covers(kept: KeptVocab, counts: np.ndarray, tokenizer: Any, source: str) -> None:
+    missing = np.flatnonzero((counts > 0) & (kept.old_to_new < 0))
+    if missing.size:
+        first = int(missing[0])
+        token = tokenizer.convert_ids_to_tokens(first) if tokenizer is not None else None
+        name = f"{token!r} (id {first})" if token is not None else f"id {first}"
+        raise MismatchError(
+            f"the kept vocabulary in {source} lacks {name} and {missing.size - 1} more ids of "
+            "this run's data; scan this data too"
+        )
 
 
 def prune_for_training(
@@ -122,11 +183,10 @@ def prune_for_training(
     return pruning
 
 
-def make_scratch(out: Path) -> str:
-    """A scratch folder for Trainer's output_dir, beside OUT when its parent exists."""
-    return tempfile.mkdtemp(
-        prefix=".vocabprune-trainer-", dir=out.parent if out.parent.exists() else None
-    )
+def trainer_scratch(out: Path) -> contextlib.AbstractContextManager[Path]:
+    """Trainer's output_dir: a scratch folder beside OUT, removed when the block ends, however
+    it ends (an error, Ctrl-C, SIGTERM)."""
+    return scratch_dir(out, "trainer")
 
 
 def training_args(opts: FinetuneOptions, output_dir: str, *, log: Any, **task_args: Any) -> Any:
@@ -270,10 +330,3 @@ def save_run(
         tokenizer.save_pretrained(tmp)
         kept.save(tmp / "kept_vocab.json")
         write_report(tmp, report)
-
-
-def rmtree(path: str, *, check: bool = True) -> None:
-    """Remove a scratch folder; with check, fail if it is still there."""
-    shutil.rmtree(path, ignore_errors=True)
-    if check and os.path.exists(path):  # pragma: no cover
-        raise VocabPruneError(f"could not remove scratch folder {path}")

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vocabprune.core.checkpoint import CheckpointError, checkpoint_files
+from vocabprune.core.checkpoint import CheckpointError, checkpoint_files, read_header
 from vocabprune.core.errors import VocabPruneError
 
 
@@ -31,7 +31,7 @@ def load_tokenizer(path: str) -> Any:
     _check_folder(path)
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except Exception as exc:  # any failure of another library's loader: one line naming the folder
         raise VocabPruneError(
             f"could not load a tokenizer from {path}: {_first_line(exc)}"
         ) from exc
@@ -44,18 +44,26 @@ def load_config(path: str) -> Any:
     _check_folder(path)
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=False)
-    except (OSError, ValueError, KeyError) as exc:
+    except Exception as exc:  # any failure of another library's loader: one line naming the folder
         raise VocabPruneError(f"could not read the config of {path}: {_first_line(exc)}") from exc
 
 
 def load_model(auto_class: Any, path: str, **kwargs: Any) -> Any:
-    """`auto_class.from_pretrained` from safetensors only (no pickle), never remote code."""
+    """`auto_class.from_pretrained` from safetensors only (no pickle), never remote code. Every
+    checkpoint file is checked first (complete, readable), so a truncated one is named."""
     _check_folder(path)
+    files = checkpoint_files(Path(path))
+    if not files and Path(path).is_dir():
+        raise VocabPruneError(f"{path} holds no safetensors checkpoint (model.safetensors)")
+    for file in sorted(set(files.values())):
+        read_header(file)
     try:
         return auto_class.from_pretrained(
             path, use_safetensors=True, trust_remote_code=False, **kwargs
         )
-    except (OSError, ValueError, KeyError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # any failure of another library's loader: one line naming the folder
         raise VocabPruneError(f"could not load the model from {path}: {_first_line(exc)}") from exc
 
 

@@ -24,6 +24,7 @@ from vocabprune.core.checkpoint import (
     read_tensor,
 )
 from vocabprune.core.errors import MismatchError
+from vocabprune.core.files import TMP_TAG, clean_stale
 
 
 class RowStore(Protocol):
@@ -105,7 +106,10 @@ class TempFileRows:
     """Rows written to a temporary safetensors file: used when the model trains on the CPU."""
 
     def __init__(self, tensor: torch.Tensor, directory: str | None = None) -> None:
-        fd, name = tempfile.mkstemp(prefix="vocabprune-", suffix=".safetensors", dir=directory)
+        folder = directory or tempfile.gettempdir()
+        clean_stale(folder)
+        prefix = f"{TMP_TAG}-{os.getpid()}-rows-"
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=".safetensors", dir=folder)
         os.close(fd)
         self.path = Path(name)
         self._finalizer = weakref.finalize(self, _unlink, self.path)

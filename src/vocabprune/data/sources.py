@@ -9,6 +9,7 @@ files whose sub-folder names are labels (the BBC News layout).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -24,13 +25,34 @@ TEXT_COLUMN_GUESSES = ("text", "sentence", "content", "document", "article", "qu
 LABEL_COLUMN_GUESSES = ("label", "labels", "class", "category", "target")
 
 
+# A text file may hold a few stray control characters; binary data holds many.
+CONTROL_SHARE = 0.01
+_CONTROL = {c for c in range(32) if chr(c) not in "\t\n\r\f\v"} | set(range(0x7F, 0xA0))
+_DROP_CONTROL = dict.fromkeys(_CONTROL)
+
+
 def read_text_file(path: Path) -> str:
-    """UTF-8 text, falling back to latin-1 for the files that are not valid UTF-8."""
-    data = path.read_bytes()
+    """UTF-8 text, falling back to latin-1 for the files that are not valid UTF-8 (one BBC News
+    article is cp1252). A file that is not text (NUL bytes, or control characters in more than
+    1% of it: binary data, or an encoding other than these) is refused, naming it."""
     try:
-        return data.decode("utf-8")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ScanError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if b"\x00" in data:
+        raise ScanError(f"{path} is not text (it holds NUL bytes: binary data, or UTF-16/32)")
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
-        return data.decode("latin-1")
+        text = data.decode("latin-1")
+    if text:
+        control = len(text) - len(text.translate(_DROP_CONTROL))
+        if control > CONTROL_SHARE * len(text):
+            raise ScanError(
+                f"{path} is not text ({control:,} control characters in {len(text):,}: binary "
+                "data, or an encoding other than UTF-8 and latin-1)"
+            )
+    return text
 
 
 def read_labelled_folder(folder: Path) -> Columns:
@@ -47,28 +69,134 @@ def read_labelled_folder(folder: Path) -> Columns:
         texts = [read_text_file(f).strip() for f in loose]
         if texts:
             return {"text": texts}
-        raise ScanError(f"folder {folder} holds no .txt files (directly or in label sub-folders)")
+        raise ScanError(
+            f"folder {folder} holds no .txt files (directly or in label sub-folders) and is no "
+            "datasets save_to_disk folder"
+        )
     return {"text": texts, "label": labels}
 
 
-def _records_to_columns(records: Sequence[dict[str, Any]], source: Path) -> Columns:
+def _records_to_columns(records: Sequence[Any], source: Path, what: str = "JSON line") -> Columns:
     if not records:
         raise ScanError(f"{source} holds no examples")
     names: list[str] = []
-    for rec in records:
+    for i, rec in enumerate(records):
         if not isinstance(rec, dict):
-            raise ScanError(
-                f"{source}: every JSON line must be an object, found {type(rec).__name__}"
-            )
+            raise ScanError(f"{source}: {what} {i + 1} is a {type(rec).__name__}, not an object")
         for key in rec:
             if key not in names:
                 names.append(key)
     return {name: [rec.get(name) for rec in records] for name in names}
 
 
-def read_table(path: str | os.PathLike[str]) -> Columns:
-    """Read one file or labelled folder into columns."""
+def _read_json(source: Path) -> Columns:
+    text = read_text_file(source)
+    if source.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ScanError(f"{source} is not valid JSON: {exc.msg} (line {exc.lineno})") from exc
+        return _records_to_columns(records, source, "element")
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise ScanError(
+                f"{source}: line {number} is not valid JSON ({exc.msg}, column {exc.colno})"
+            ) from exc
+    return _records_to_columns(records, source)
+
+
+def _read_csv(source: Path) -> Columns:
+    csv.field_size_limit(2**31 - 1)  # long documents are data, not an error
+    text = read_text_file(source)
+    reader = csv.DictReader(
+        io.StringIO(text, newline=""), delimiter="\t" if source.suffix.lower() == ".tsv" else ","
+    )
+    try:
+        rows = list(reader)
+    except csv.Error as exc:
+        raise ScanError(f"{source}: line {reader.line_num} is not valid CSV ({exc})") from exc
+    if reader.fieldnames is None:
+        raise ScanError(f"{source} holds no examples (empty file)")
+    if any(None in row for row in rows):  # more fields than the header names
+        line = next(i for i, row in enumerate(rows) if None in row) + 2
+        raise ScanError(f"{source}: line {line} has more fields than the header")
+    return _records_to_columns(rows, source, "row")
+
+
+def _read_parquet(source: Path) -> Columns:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:  # pragma: no cover - pyarrow comes with datasets
+        raise ScanError("reading .parquet needs pyarrow: pip install pyarrow") from exc
+    try:
+        table = pq.read_table(source)
+    except Exception as exc:  # pyarrow's errors: one line naming the file
+        raise ScanError(f"{source} is not a readable parquet file: {_first(exc)}") from exc
+    if table.num_rows == 0:
+        raise ScanError(f"{source} holds no examples")
+    return {name: table.column(name).to_pylist() for name in table.column_names}
+
+
+def _first(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _read_datasets(source: Path, split: str | None) -> Columns:
+    """A datasets `save_to_disk` folder (Dataset or DatasetDict: `split` picks one, default
+    'train'), or an .arrow file."""
+    try:
+        import datasets
+    except ImportError as exc:  # pragma: no cover - datasets is a dev dependency
+        raise ScanError(f"reading {source} needs datasets: pip install datasets") from exc
+    try:
+        if source.is_file():
+            data = datasets.Dataset.from_file(str(source))
+        else:
+            data = datasets.load_from_disk(str(source))
+    except Exception as exc:  # datasets' errors: one line naming the file
+        raise ScanError(
+            f"{source} is not a readable datasets folder or file: {_first(exc)}"
+        ) from exc
+    if isinstance(data, datasets.DatasetDict):
+        names = list(data)
+        pick = split or ("train" if "train" in data else None)
+        if pick not in data:
+            raise ScanError(f"{source} holds the splits {', '.join(names)}: name one (PATH@SPLIT)")
+        data = data[pick]
+    elif split is not None:
+        raise ScanError(f"{source} holds one dataset, not splits: drop @{split}")
+    if len(data) == 0:
+        raise ScanError(f"{source} holds no examples")
+    return {name: list(data[name]) for name in data.column_names}
+
+
+def _is_datasets_folder(folder: Path) -> bool:
+    return (folder / "dataset_dict.json").is_file() or (folder / "dataset_info.json").is_file()
+
+
+def _split_of(path: str | os.PathLike[str]) -> tuple[Path, str | None]:
+    """PATH@SPLIT (a split of a save_to_disk folder) -> (PATH, SPLIT); a path that exists as
+    written is taken whole."""
     source = Path(path)
+    text = str(path)
+    try:
+        if source.exists() or "@" not in text:
+            return source, None
+    except OSError:
+        return source, None
+    base, _, split = text.rpartition("@")
+    return Path(base), split or None
+
+
+def read_table(path: str | os.PathLike[str]) -> Columns:
+    """Read one file or folder into columns."""
+    source, split = _split_of(path)
     try:
         found = source.exists()
     except OSError:  # e.g. a text passed where a path was expected: name too long
@@ -77,6 +205,8 @@ def read_table(path: str | os.PathLike[str]) -> Columns:
         shown = str(source) if len(str(source)) <= 120 else f"{str(source)[:117]}..."
         raise ScanError(f"data not found: {shown!r} is not a file or folder")
     if source.is_dir():
+        if split is not None or _is_datasets_folder(source):
+            return _read_datasets(source, split)
         return read_labelled_folder(source)
     suffix = source.suffix.lower()
     if suffix == ".txt":
@@ -85,35 +215,16 @@ def read_table(path: str | os.PathLike[str]) -> Columns:
             raise ScanError(f"{source} holds no examples (empty file)")
         return {"text": lines}
     if suffix in (".jsonl", ".json"):
-        text = read_text_file(source)
-        try:
-            if suffix == ".json" and text.lstrip().startswith("["):
-                records = json.loads(text)
-            else:
-                records = [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as exc:
-            raise ScanError(f"{source} is not valid JSON lines: {exc}") from exc
-        return _records_to_columns(records, source)
+        return _read_json(source)
     if suffix in (".csv", ".tsv"):
-        with open(source, newline="", encoding="utf-8", errors="replace") as f:
-            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
-            rows = list(reader)
-        return _records_to_columns(rows, source)
+        return _read_csv(source)
     if suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as exc:  # pragma: no cover - pyarrow comes with datasets
-            raise ScanError("reading .parquet needs pyarrow: pip install pyarrow") from exc
-        try:
-            table = pq.read_table(source)
-        except Exception as exc:
-            raise ScanError(f"{source} is not a readable parquet file: {exc}") from exc
-        if table.num_rows == 0:
-            raise ScanError(f"{source} holds no examples")
-        return {name: table.column(name).to_pylist() for name in table.column_names}
+        return _read_parquet(source)
+    if suffix == ".arrow":
+        return _read_datasets(source, split)
     raise ScanError(
-        f"{source}: unsupported file type {suffix or '(none)'}; use .txt, .jsonl, .csv, .tsv, "
-        ".parquet or a folder of .txt files"
+        f"{source}: unsupported file type {suffix or '(none)'}; use .txt, .jsonl, .json, .csv, "
+        ".tsv, .parquet, .arrow, a datasets save_to_disk folder or a folder of .txt files"
     )
 
 
