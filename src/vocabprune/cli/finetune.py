@@ -18,7 +18,7 @@ import numpy as np
 import vocabprune.cli.steps as steps
 from vocabprune.cli.defaults import default_data, default_model
 from vocabprune.cli.options import FinetuneOptions
-from vocabprune.core.errors import ScanError, VocabPruneError
+from vocabprune.core.errors import ScanError
 from vocabprune.core.loaders import load_model, load_tokenizer
 from vocabprune.data.sources import read_examples
 from vocabprune.train import distributed as vpdist
@@ -165,8 +165,8 @@ def _train(
     """Train, evaluate, restore. Returns (trained, predictions, metrics, resumed from)."""
     import torch
 
-    checkpoint_dir = _checkpoint_dir(opts)
-    resume = resume_checkpoint(opts.resume, checkpoint_dir)
+    checkpoint_dir = steps.checkpoint_dir(opts)
+    resume = steps.resume_checkpoint(opts.resume, checkpoint_dir)
     targs = steps.training_args(
         opts,
         str(checkpoint_dir) if checkpoint_dir else scratch,
@@ -189,13 +189,6 @@ def _train(
     return trained, predictions, metrics, resume
 
 
-def _checkpoint_dir(opts: FinetuneOptions) -> Path | None:
-    if not (opts.save_steps or opts.resume):
-        return None
-    out = Path(opts.out)
-    return Path(opts.checkpoint_dir or out.with_name(out.name + ".checkpoints"))
-
-
 def run_finetune(opts: FinetuneOptions, *, log: Any = None) -> dict[str, Any]:
     """Run the classification job; returns the report (also written to OUT/vocabprune_run.json)."""
     vpdist.init_from_env()  # under torchrun: the process group Trainer will use
@@ -210,7 +203,7 @@ def run_finetune(opts: FinetuneOptions, *, log: Any = None) -> dict[str, Any]:
         scratch = vpdist.broadcast_object(str(scratch) if scratch else None)
         trained, predictions, metrics, resume = _train(opts, job, pruning, scratch, log)
         vpdist.barrier()
-    checkpoint_dir = _checkpoint_dir(opts)
+    checkpoint_dir = steps.checkpoint_dir(opts)
     report = steps.build_report(
         opts,
         head={},
@@ -243,20 +236,3 @@ def run_finetune(opts: FinetuneOptions, *, log: Any = None) -> dict[str, Any]:
     vpdist.barrier()
     report["eval_predictions"] = predictions
     return report
-
-
-def resume_checkpoint(resume: str | None, checkpoint_dir: Path | None) -> Path | None:
-    """The checkpoint to resume from: a folder, or "auto" = the latest in checkpoint_dir."""
-    if not resume:
-        return None
-    if resume == "auto":
-        from transformers.trainer_utils import get_last_checkpoint
-
-        if checkpoint_dir is None or not checkpoint_dir.is_dir():
-            return None
-        last = get_last_checkpoint(str(checkpoint_dir))
-        return Path(last) if last else None
-    path = Path(resume)
-    if not path.is_dir():
-        raise VocabPruneError(f"checkpoint to resume from not found: {path}")
-    return path

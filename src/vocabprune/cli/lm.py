@@ -1,10 +1,13 @@
-"""`vocabprune finetune --task causal-lm|masked-lm`: language-model fine-tuning.
+"""`vocabprune finetune --task causal-lm|masked-lm|seq2seq`: language-model fine-tuning.
 
 The same job as classification: read the texts, count the ids the run will see, prune (input
 embedding and output head together; tied heads stay tied), train through the stock HF Trainer
-(the pruned model remaps inputs and labels itself; -100 stays -100), restore, and write an
-ordinary full model. The held-out loss is measured after restore, with the full model and the full
-softmax, in original ids: that is the model you get.
+(the pruned model remaps inputs and labels itself, -100 stays -100, and derives seq2seq decoder
+inputs from the original labels), restore, and write an ordinary full model. The held-out loss is
+measured after restore, with the full model and the full softmax, in original ids: that is the
+model you get. Checkpoints (--save-steps) and --resume work as for classification.
+
+seq2seq reads (source, target) pairs: --text-column source,target.
 
 A pruned head restricts the training softmax to the kept vocabulary: ids the data never used get
 no probability mass pushed away from them. Use --no-prune for the exact full softmax.
@@ -13,6 +16,7 @@ no probability mass pushed away from them. Use --no-prune for the exact full sof
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,19 +29,29 @@ from vocabprune.core.loaders import load_model, load_tokenizer
 from vocabprune.data.sources import read_examples
 from vocabprune.train.collators import CausalLMCollator, MaskedLMCollator, heldout_nll
 
-LM_TASKS = ("masked-lm", "causal-lm")
+LM_TASKS = ("masked-lm", "causal-lm", "seq2seq")
 
 
 class _Rows:
-    def __init__(self, input_ids: list[list[int]], rows: np.ndarray) -> None:
-        self.input_ids = input_ids
+    """Tokenized examples (feature dicts) that Trainer can index; with `mask_seed`, each carries
+    its own masking seed (masked LM: the same mask whenever it is drawn, so resume is exact)."""
+
+    def __init__(
+        self, features: list[dict[str, Any]], rows: np.ndarray, mask_seed: int | None = None
+    ) -> None:
+        self.features = features
         self.rows = rows
+        self.mask_seed = mask_seed
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"input_ids": self.input_ids[int(self.rows[i])]}
+        row = int(self.rows[i])
+        feature = dict(self.features[row])
+        if self.mask_seed is not None:
+            feature["mask_seed"] = self.mask_seed * 1_000_003 + row
+        return feature
 
 
 def load_texts(paths: list[str], text_column: str | None) -> list[str]:
@@ -48,18 +62,65 @@ def load_texts(paths: list[str], text_column: str | None) -> list[str]:
     return texts
 
 
+def load_pairs(paths: list[str], text_column: str | None) -> tuple[list[str], list[str]]:
+    """(sources, targets) for seq2seq: --text-column source,target."""
+    examples = read_examples(paths, text_column)
+    if examples.pairs is None:
+        raise ScanError("--task seq2seq reads (source, target) pairs: --text-column source,target")
+    return examples.texts, examples.pairs
+
+
 def _check(opts: FinetuneOptions) -> None:
     if opts.task not in LM_TASKS:
         raise VocabPruneError(f"unknown task {opts.task!r}; choose one of {', '.join(LM_TASKS)}")
-    for name in ("resume", "save_steps"):
-        if getattr(opts, name, None):
-            raise VocabPruneError(
-                f"--{name.replace('_', '-')} is not supported with --task {opts.task}"
-            )
+    if opts.task == "seq2seq" and not opts.model:
+        raise VocabPruneError("--task seq2seq needs --model (no seq2seq model is packaged)")
+    if opts.task == "seq2seq" and len((opts.text_column or "").split(",")) != 2:
+        raise VocabPruneError(
+            "--task seq2seq reads (source, target) pairs: --text-column source,target"
+        )
 
 
-def _collator(opts: FinetuneOptions, tokenizer: Any, kept: Any, *, seed: int) -> Any:
-    """Causal: right padding, labels = inputs; masked: BERT masking over the kept ids."""
+@dataclass
+class LMData:
+    """Tokenized features (training rows, then any --eval-data rows) and the id lists the kept
+    vocabulary counts (inputs, and seq2seq targets)."""
+
+    features: list[dict[str, Any]]
+    seen_ids: list[list[int]]
+    n_eval: int
+
+
+def _tokenize(opts: FinetuneOptions, tokenizer: Any, length: int) -> LMData:
+    """Read --data (and --eval-data) and tokenize as the model will see them."""
+    kwargs = steps.tokenize_kwargs(length)
+    paths = list(opts.data) or default_data()
+    parts = [paths] + ([list(opts.eval_data)] if opts.eval_data else [])
+    if opts.task == "seq2seq":
+        read = [load_pairs(p, opts.text_column) for p in parts]
+        sources = [t for src, _ in read for t in src]
+        targets = [t for _, tgt in read for t in tgt]
+        enc = tokenizer(sources, text_target=targets, **kwargs)
+        features = [
+            {"input_ids": i, "attention_mask": m, "labels": t}
+            for i, m, t in zip(enc["input_ids"], enc["attention_mask"], enc["labels"], strict=True)
+        ]
+        seen = [f["input_ids"] + f["labels"] for f in features]
+        return LMData(features, seen, len(read[1][0]) if len(read) > 1 else 0)
+    texts = [load_texts(p, opts.text_column) for p in parts]
+    ids = tokenizer([t for group in texts for t in group], **kwargs)["input_ids"]
+    features = [{"input_ids": row} for row in ids]
+    return LMData(features, ids, len(texts[1]) if len(texts) > 1 else 0)
+
+
+def _collator(opts: FinetuneOptions, tokenizer: Any, kept: Any, model: Any, *, seed: int) -> Any:
+    """Causal: right padding, labels = inputs; masked: BERT masking over the kept ids, each
+    example from its own seed (see _Rows); seq2seq: the stock DataCollatorForSeq2Seq (labels
+    padded with -100, decoder inputs from them)."""
+    if opts.task == "seq2seq":
+        from transformers import DataCollatorForSeq2Seq
+
+        return DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
         pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
@@ -71,17 +132,19 @@ def _collator(opts: FinetuneOptions, tokenizer: Any, kept: Any, *, seed: int) ->
 
 
 def _heldout(
-    opts: FinetuneOptions, model: Any, tokenizer: Any, kept: Any, input_ids: list, rows: Any
+    opts: FinetuneOptions, model: Any, tokenizer: Any, kept: Any, data: LMData, rows: Any
 ) -> dict[str, Any]:
     """Held-out loss and perplexity of the model we write: restored, full softmax, original ids."""
     metrics: dict[str, Any] = {"eval_loss": None, "eval_perplexity": None, "eval_accuracy": None}
     if not len(rows):
         return metrics
-    collate = _collator(opts, tokenizer, kept, seed=opts.seed + 1)
+    collate = _collator(opts, tokenizer, kept, model, seed=opts.seed + 1)
     size = max(1, opts.batch_size)
+    seed = opts.seed + 1 if opts.task == "masked-lm" else None
+    held = _Rows(data.features, np.asarray(rows), mask_seed=seed)
     batches = [
-        collate([{"input_ids": input_ids[int(r)]} for r in rows[i : i + size]])
-        for i in range(0, len(rows), size)
+        collate([held[j] for j in range(i, min(i + size, len(held)))])
+        for i in range(0, len(held), size)
     ]
     total, count = heldout_nll(model, batches, causal=opts.task == "causal-lm")
     if count:
@@ -94,70 +157,91 @@ def _load_model(opts: FinetuneOptions, model_path: str, warn: steps.Say) -> Any:
     """The LM, and a warning when the checkpoint has no trained head for the task (its missing
     weights start random: a masked-LM run on an encoder-only checkpoint starts near perplexity
     = vocabulary size)."""
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, set_seed
+    import transformers
+    from transformers import set_seed
 
     set_seed(opts.seed)
-    auto = AutoModelForCausalLM if opts.task == "causal-lm" else AutoModelForMaskedLM
+    auto = {
+        "causal-lm": transformers.AutoModelForCausalLM,
+        "masked-lm": transformers.AutoModelForMaskedLM,
+        "seq2seq": transformers.AutoModelForSeq2SeqLM,
+    }[opts.task]
     model, info = load_model(auto, model_path, output_loading_info=True)
     missing = sorted(info.get("missing_keys") or [])
     if missing:
-        shown = ", ".join(missing[:3]) + (
-            f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        )
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         warn(
-            f"{model_path} has no trained {opts.task} head ({shown} start from random values); "
-            "the run trains it from scratch"
+            f"{model_path} has no trained {opts.task} head ({', '.join(missing[:3])}{more} start "
+            "from random values); the run trains it from scratch"
         )
     return model
+
+
+def _train(
+    opts: FinetuneOptions, model: Any, collator: Any, train_set: _Rows, out: Any, log: Any
+) -> tuple[steps.Trained, Any]:
+    """Train (resuming when asked), restore. Returns (trained, the checkpoint resumed from)."""
+    folder = steps.checkpoint_dir(opts)
+    resume = steps.resume_checkpoint(opts.resume, folder)
+    with steps.trainer_scratch(out) as scratch:
+        targs = steps.training_args(
+            opts, str(folder or scratch), log=log, remove_unused_columns=False
+        )
+        _, output, seconds = steps.train(
+            model, targs, train_set, collator, resume=resume, say=log or steps.quiet
+        )
+        trained = steps.Trained(output, seconds)
+        trained.decay_factor, trained.restore_seconds = steps.restore_trained(model, opts.prune)
+    return trained, resume
 
 
 def run_lm_finetune(
     opts: FinetuneOptions, *, log: Any = None, warn: steps.Say | None = None
 ) -> dict[str, Any]:
-    """`vocabprune finetune --task causal-lm|masked-lm`; returns the report."""
+    """`vocabprune finetune --task causal-lm|masked-lm|seq2seq`; returns the report."""
     _check(opts)
     say = log or steps.quiet
     out = steps.check_options(opts)
-    causal = opts.task == "causal-lm"
     model_path = opts.model or default_model(opts.task)
-    data_paths = list(opts.data) or default_data()
-    texts = load_texts(data_paths, opts.text_column)
-    n_eval = 0
-    if opts.eval_data:
-        held = load_texts(list(opts.eval_data), opts.text_column)
-        texts, n_eval = texts + held, len(held)
-    order, eval_rows, train_rows = steps.split_rows(len(texts) - n_eval, opts, n_eval)
-    say(f"data: {len(train_rows)} train / {len(eval_rows)} eval texts ({opts.task})")
     tokenizer = load_tokenizer(model_path)
     model = _load_model(opts, model_path, warn or steps.warn)
-    length = steps.max_length(opts, tokenizer, model)
-    input_ids = tokenizer(texts, **steps.tokenize_kwargs(length))["input_ids"]
-    if causal:  # a one-token text predicts nothing
-        train_rows = np.asarray([r for r in train_rows if len(input_ids[int(r)]) >= 2])
+    data = _tokenize(opts, tokenizer, steps.max_length(opts, tokenizer, model))
+    order, eval_rows, train_rows = steps.split_rows(
+        len(data.features) - data.n_eval, opts, data.n_eval
+    )
+    if opts.task == "causal-lm":  # a one-token text predicts nothing
+        train_rows = np.asarray([r for r in train_rows if len(data.seen_ids[int(r)]) >= 2])
+    say(f"data: {len(train_rows)} train / {len(eval_rows)} eval texts ({opts.task})")
     pruning = steps.choose_vocabulary(
-        input_ids,
+        data.seen_ids,
         order,
         tokenizer=tokenizer,
         model=model,
-        meta={"max_length": length, "examples": len(order), "task": opts.task},
+        meta={"max_length": opts.max_length, "examples": len(order), "task": opts.task},
         kept_file=opts.kept,
     )
-    base = _collator(opts, tokenizer, pruning.kept, seed=opts.seed)
-    steps.prune_for_training(model, pruning, base, tokenizer=tokenizer, enabled=opts.prune, say=say)
-    with steps.trainer_scratch(out) as scratch:
-        targs = steps.training_args(opts, str(scratch), log=log, remove_unused_columns=False)
-        _, output, seconds = steps.train(model, targs, _Rows(input_ids, train_rows), base)
-        trained = steps.Trained(output, seconds)
-        trained.decay_factor, trained.restore_seconds = steps.restore_trained(model, opts.prune)
+    collator = _collator(opts, tokenizer, pruning.kept, model, seed=opts.seed)
+    steps.prune_for_training(
+        model, pruning, collator, tokenizer=tokenizer, enabled=opts.prune, say=say
+    )
+    masked = opts.seed if opts.task == "masked-lm" else None
+    train_set = _Rows(data.features, train_rows, mask_seed=masked)
+    trained, resume = _train(opts, model, collator, train_set, out, log)
+    folder = steps.checkpoint_dir(opts)
     report = steps.build_report(
         opts,
         head={"task": opts.task},
-        paths=(model_path, data_paths),
+        paths=(model_path, list(opts.data) or default_data()),
         pruning=pruning,
         examples=(len(train_rows), len(eval_rows)),
         trained=trained,
-        metrics=_heldout(opts, model, tokenizer, pruning.kept, input_ids, eval_rows),
-        tail={"dropped_decay_factor": trained.decay_factor, "device": steps.device_of(model)},
+        metrics=_heldout(opts, model, tokenizer, pruning.kept, data, eval_rows),
+        tail={
+            "dropped_decay_factor": trained.decay_factor,
+            "device": steps.device_of(model),
+            "resumed_from": str(resume) if resume else None,
+            "checkpoint_dir": str(folder) if folder else None,
+        },
         out=out,
     )
     steps.save_run(

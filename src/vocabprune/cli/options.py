@@ -13,7 +13,7 @@ from typing import Any
 
 from vocabprune.core.errors import VocabPruneError
 
-TASKS = ("classification", "masked-lm", "causal-lm", "sentence-embedding")
+TASKS = ("classification", "masked-lm", "causal-lm", "seq2seq", "sentence-embedding")
 UNKNOWN_POLICIES = ("error", "unk", "grow")
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 MAX_SEED = 2**32 - 1
@@ -133,7 +133,7 @@ class FinetuneOptions(DataOptions):
     save_steps: int | None = None  # write a Trainer checkpoint every N steps
     checkpoint_dir: str | None = None  # default: OUT.checkpoints beside OUT
     resume: str | None = None  # a checkpoint folder, or "auto" (the latest in checkpoint_dir)
-    task: str = "classification"  # or "masked-lm", "causal-lm", "sentence-embedding"
+    task: str = "classification"  # or masked-lm, causal-lm, seq2seq, sentence-embedding
     kept: str | None = None  # a saved kept vocabulary (or counts) instead of scanning
     extra_training_args: dict[str, Any] = field(default_factory=dict)
 

@@ -105,6 +105,10 @@ def run_sentence_finetune(opts: FinetuneOptions, *, log: Any = None) -> dict[str
     _, _, datasets = _imports()
     say = log or steps.quiet
     out = steps.check_options(opts)
+    for name in ("resume", "save_steps"):
+        if getattr(opts, name):
+            flag = "--" + name.replace("_", "-")
+            raise VocabPruneError(f"{flag} is not supported with --task sentence-embedding")
     model, pairs, n_eval = _load(opts)
     order, eval_rows, train_rows = steps.split_rows(len(pairs) - n_eval, opts, n_eval)
     assert pairs.pairs is not None

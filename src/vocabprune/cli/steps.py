@@ -183,6 +183,33 @@ def prune_for_training(
     return pruning
 
 
+def checkpoint_dir(opts: FinetuneOptions) -> Path | None:
+    """Where checkpoints go (--checkpoint-dir, default OUT.checkpoints), when they are written
+    or resumed from; None otherwise."""
+    if not (opts.save_steps or opts.resume):
+        return None
+    out = Path(opts.out)
+    return Path(opts.checkpoint_dir or out.with_name(out.name + ".checkpoints"))
+
+
+def resume_checkpoint(resume: str | None, folder: Path | None) -> Path | None:
+    """The checkpoint to resume from: a folder, or "auto" = the latest in `folder` (none:
+    start fresh)."""
+    if not resume:
+        return None
+    if resume == "auto":
+        from transformers.trainer_utils import get_last_checkpoint
+
+        if folder is None or not folder.is_dir():
+            return None
+        last = get_last_checkpoint(str(folder))
+        return Path(last) if last else None
+    path = Path(resume)
+    if not path.is_dir():
+        raise VocabPruneError(f"checkpoint to resume from not found: {path}")
+    return path
+
+
 def trainer_scratch(out: Path) -> contextlib.AbstractContextManager[Path]:
     """Trainer's output_dir: a scratch folder beside OUT, removed when the block ends, however
     it ends (an error, Ctrl-C, SIGTERM)."""

@@ -33,6 +33,9 @@ class CausalLMCollator:
 class MaskedLMCollator:
     """BERT masking (15%: 80% mask token, 10% a random id, 10% unchanged), seeded.
 
+    Features that carry a "mask_seed" are masked from their own generator (the same mask every
+    time the example is drawn, whatever else ran before: a run resumed from a checkpoint trains
+    exactly what the uninterrupted run trains); the others from the collator's generator.
     Random replacements are drawn from `candidates` (the kept non-special ids), never from the
     whole vocabulary: a random id outside the kept vocabulary would have no row to read.
     """
@@ -54,17 +57,28 @@ class MaskedLMCollator:
         self.probability = probability
         self.generator = torch.Generator().manual_seed(seed)
 
+    def _draws(self, features: list[dict[str, Any]], shape: tuple[int, int]) -> tuple:
+        """(chosen-position draws, 80/10/10 rolls, random replacement ids), row by row."""
+        chosen = torch.empty(shape)
+        roll = torch.empty(shape)
+        picks = torch.empty(shape, dtype=torch.long)
+        for row, feature in enumerate(features):
+            seed = feature.get("mask_seed")
+            g = self.generator if seed is None else torch.Generator().manual_seed(int(seed))
+            chosen[row] = torch.rand(shape[1], generator=g)
+            roll[row] = torch.rand(shape[1], generator=g)
+            picks[row] = torch.randint(len(self.candidates), (shape[1],), generator=g)
+        return chosen, roll, self.candidates[picks]
+
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = CausalLMCollator(self.pad_id)(features)
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        g = self.generator
+        draws, roll, picks = self._draws(features, tuple(ids.shape))
         eligible = (mask == 1) & ~torch.isin(ids, self.special)
-        chosen = (torch.rand(ids.shape, generator=g) < self.probability) & eligible
+        chosen = (draws < self.probability) & eligible
         labels = ids.masked_fill(~chosen, -100)
-        roll = torch.rand(ids.shape, generator=g)
         to_mask = chosen & (roll < 0.8)
         to_random = chosen & (roll >= 0.8) & (roll < 0.9)
-        picks = self.candidates[torch.randint(len(self.candidates), ids.shape, generator=g)]
         ids = torch.where(to_mask, torch.full_like(ids, self.mask_id), ids)
         ids = torch.where(to_random, picks, ids)
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
