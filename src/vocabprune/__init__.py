@@ -23,6 +23,7 @@ from vocabprune.core.remap import RemapCollator, remap_dataset
 from vocabprune.core.restore import restore
 from vocabprune.core.state import get_state, is_pruned
 from vocabprune.core.vocab import KeptVocab
+from vocabprune.data.counts import Counts, count_shard, load_counts, merge_counts, save_counts
 from vocabprune.data.scan import ScanResult, build_kept_vocab, count_texts, count_token_ids, scan
 from vocabprune.deploy.compact import compact_pipeline, load_compact
 from vocabprune.train.decay import track_weight_decay
@@ -46,6 +47,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "Counts",
     "IdRemapper",
     "KeptVocab",
     "MismatchError",
@@ -60,17 +62,21 @@ __all__ = [
     "check_resume",
     "column_ids",
     "compact_pipeline",
+    "count_shard",
     "count_texts",
     "count_token_ids",
     "generate",
     "get_state",
     "is_pruned",
     "load_compact",
+    "load_counts",
     "load_pruned",
+    "merge_counts",
     "prune",
     "pruned",
     "remap_dataset",
     "restore",
+    "save_counts",
     "scan",
     "track_weight_decay",
 ]

@@ -114,7 +114,41 @@ def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-COMMANDS = {"analyze": cmd_analyze, "finetune": cmd_finetune, "prune": cmd_prune}
+def cmd_merge_counts(args: argparse.Namespace) -> dict[str, Any]:
+    from pathlib import Path
+
+    from vocabprune.cli.options import check_output
+    from vocabprune.data.counts import merge_counts, save_counts
+
+    check_output("out", args.out, overwrite=args.overwrite)
+    if Path(args.out).suffix.lower() not in (".safetensors", ".npy"):
+        raise VocabPruneError("--out of merge-counts is a .safetensors or .npy file")
+    merged = merge_counts(args.inputs)
+    save_counts(args.out, merged)
+    report = {
+        "out": str(args.out),
+        "inputs": list(args.inputs),
+        "shards": merged.meta.get("shards"),
+        "vocab_size": merged.vocab_size,
+        "total_tokens": int(merged.counts.sum()),
+        "ids_used": int((merged.counts > 0).sum()),
+        "tokenizer_fingerprint": merged.tokenizer_fingerprint,
+    }
+    if not args.json:
+        print(
+            f"merged {len(args.inputs)} count files ({report['shards']} shards): "
+            f"{report['total_tokens']:,} tokens, {report['ids_used']:,} of "
+            f"{report['vocab_size']:,} ids used; written to {args.out}"
+        )
+    return report
+
+
+COMMANDS = {
+    "analyze": cmd_analyze,
+    "finetune": cmd_finetune,
+    "prune": cmd_prune,
+    "merge-counts": cmd_merge_counts,
+}
 
 
 def _quiet_transformers() -> None:

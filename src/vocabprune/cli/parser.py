@@ -191,6 +191,19 @@ def _add_prune(sub: Any) -> None:
     _add_common(pr)
 
 
+def _add_merge_counts(sub: Any) -> None:
+    mc = sub.add_parser(
+        "merge-counts",
+        help="sum count files of shards (analyze --save-counts, count_shard) into one",
+        description="Sum the per-id counts of shards counted anywhere into one count file, "
+        "for --kept or build_kept_vocab(counts=...).",
+    )
+    mc.add_argument("inputs", nargs="+", metavar="FILE", help="count files (.safetensors, .npy)")
+    mc.add_argument("--out", required=True, metavar="FILE", help="the merged count file")
+    mc.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _add_common(mc)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="vocabprune",
@@ -201,4 +214,5 @@ def build_parser() -> argparse.ArgumentParser:
     _add_analyze(sub)
     _add_finetune(sub)
     _add_prune(sub)
+    _add_merge_counts(sub)
     return parser

@@ -12,7 +12,7 @@ from torch import nn
 from vocabprune.core.errors import VocabPruneError
 from vocabprune.core.model import state_owner
 from vocabprune.core.relocate import expand_copy, resolve_owners
-from vocabprune.core.state import detach, get_state
+from vocabprune.core.state import detach, get_state, is_sharded, zero3_managed
 
 
 def restore(model: nn.Module, *, dropped_scale: float | None = None) -> nn.Module:
@@ -26,6 +26,13 @@ def restore(model: nn.Module, *, dropped_scale: float | None = None) -> nn.Modul
         raise VocabPruneError("model is not pruned: nothing to restore")
     owner = state_owner(model)
     assert owner is not None
+    if any(is_sharded(t.live()) or zero3_managed(t.live()) for t in state.tensors):
+        raise VocabPruneError(
+            "the pruned model is sharded (FSDP2 DTensors or DeepSpeed ZeRO-3 partitions): its "
+            "full state dict (FSDP2: vocabprune.train.distributed.full_state_dict(model); ZeRO-3: "
+            "model.state_dict() inside deepspeed.zero.GatheredParameters) is already the "
+            "restored full-vocabulary one; load it into an unsharded model"
+        )
     copies = resolve_owners(owner, state)  # PEFT: unloaded or wrapped (modules_to_save) owners
     expanded = []
     for tensor in state.tensors:

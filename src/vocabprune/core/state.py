@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vocabprune.core.errors import VocabPruneError
 from vocabprune.core.ids import IdRemapper
 from vocabprune.core.model import STATE_ATTR, state_owner
 from vocabprune.core.rowstore import RowStore, move_out_of
@@ -60,12 +61,35 @@ class PrunedTensor:
         """The full tensor: original rows (optionally scaled) with the kept rows written in, from
         the live tensor or from `live` (a trained copy of it, e.g. inside a PEFT wrapper)."""
         assert self.store is not None
-        live = (self.live() if live is None else live).detach()
+        live = unsharded(self.live() if live is None else live).detach()
         full = self.store.full().to(device=live.device, dtype=live.dtype)
         if scale is not None and scale != 1.0:
             full.mul_(scale)
         full.index_copy_(self.axis, index.to(live.device), live)
         return full
+
+
+def is_sharded(tensor: torch.Tensor) -> bool:
+    """A DTensor (FSDP2, tensor parallel): each rank holds a shard."""
+    return hasattr(tensor, "full_tensor") and hasattr(tensor, "placements")
+
+
+def zero3_managed(tensor: torch.Tensor) -> bool:
+    """A parameter DeepSpeed ZeRO-3 manages (it may hold only this rank's partition)."""
+    return hasattr(tensor, "ds_id") and hasattr(tensor, "ds_status")
+
+
+def unsharded(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a DTensor (a collective: every rank must call it), else the tensor.
+    A ZeRO-3 parameter must be gathered by the caller: its partition alone is refused, never
+    read as rows."""
+    if zero3_managed(tensor) and getattr(tensor.ds_status, "name", "") != "AVAILABLE":
+        raise VocabPruneError(
+            "the pruned embedding is partitioned by DeepSpeed ZeRO-3: gather it first (inside "
+            "deepspeed.zero.GatheredParameters(model.parameters()), state_dict() is the full "
+            "vocabulary one)"
+        )
+    return tensor.full_tensor() if is_sharded(tensor) else tensor  # type: ignore[operator]
 
 
 @dataclass

@@ -477,8 +477,12 @@ def build_kept_vocab(
     extra_ids: Iterable[int] = (),
     progress: bool | None = None,
     num_proc: int | None = None,
+    counts: Any = None,
 ) -> KeptVocab:
     """Scan the data and keep every id it uses, plus the specials the model must see or emit.
+
+    `counts` (a count file, `Counts`, or an array) adds counts made elsewhere (shards counted on
+    other machines and merged); with no data, they are all there is.
 
     `tokenizer` may also be a SentenceTransformer (any wrapper holding one transformers model and
     its tokenizer): its tokenizer scans, its model is the model, and the tokens of its prompts
@@ -487,23 +491,29 @@ def build_kept_vocab(
     tokenizer, model, prompt_ids = _unwrap(tokenizer, model)
     extra_ids = [*extra_ids, *prompt_ids]
     size = embedding_shape(model)[0] if model is not None else len(tokenizer)
-    result = scan(
-        tokenizer,
-        *data,
-        text_column=text_column,
-        max_length=max_length,
-        vocab_size=size,
-        progress=progress,
-        num_proc=num_proc,
-    )
-    meta = {
-        "total_tokens": result.total_tokens,
-        "examples": result.num_examples,
-        "max_length": max_length,
-        "splits": list(result.splits),
-    }
+    total = np.zeros(size, dtype=np.int64)
+    meta: dict[str, Any] = {"max_length": max_length}
+    if data or counts is None:
+        result = scan(
+            tokenizer,
+            *data,
+            text_column=text_column,
+            max_length=max_length,
+            vocab_size=size,
+            progress=progress,
+            num_proc=num_proc,
+        )
+        total += result.counts
+        meta.update(
+            total_tokens=result.total_tokens,
+            examples=result.num_examples,
+            splits=list(result.splits),
+        )
+    if counts is not None:
+        total += _given_counts(counts, tokenizer, size)
+        meta["counts_added"] = True
     return KeptVocab.from_counts(
-        result.counts,
+        total,
         tokenizer=tokenizer,
         model=model,
         extra_ids=extra_ids,
@@ -525,3 +535,19 @@ def _unwrap(tokenizer: Any, model: Any) -> tuple[Any, Any, list[int]]:
     for prompt in prompts:
         ids += wrapper.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     return wrapper.tokenizer, model if model is not None else inner, ids
+
+
+def _given_counts(counts: Any, tokenizer: Any, size: int) -> np.ndarray:
+    """Counts made elsewhere, checked: the same tokenizer (fingerprint) and vocabulary size."""
+    from vocabprune.core.vocab import tokenizer_fingerprint
+    from vocabprune.data.counts import Counts, load_counts
+
+    if isinstance(counts, (str, os.PathLike)):
+        counts = load_counts(counts)
+    if isinstance(counts, Counts):
+        counts.check_tokenizer(tokenizer_fingerprint(tokenizer), "the counts given")
+        counts = counts.counts
+    array = np.asarray(counts, dtype=np.int64)
+    if array.shape != (size,):
+        raise ScanError(f"the counts given cover {array.size} ids, the vocabulary {size}")
+    return array

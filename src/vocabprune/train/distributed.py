@@ -116,3 +116,14 @@ def require_same(value: Any, what: str) -> None:
     _dist().all_gather_object(values, value)
     if any(v != values[0] for v in values):
         raise VocabPruneError(f"ranks disagree on {what}: {values}")
+
+
+def full_state_dict(model: Any, *, cpu_offload: bool = True) -> dict[str, Any]:
+    """The full state dict of a model sharded with FSDP2 (or not), gathered on every rank; for a
+    pruned model it is the restored, full-vocabulary one (the pruned state's hooks expand it), so
+    `AutoModel.from_config(config).load_state_dict(sd)` or save_pretrained(state_dict=sd) writes
+    the model full fine-tuning would have written. A collective: call it on every rank."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=cpu_offload)
+    return dict(get_model_state_dict(model, options=options))
