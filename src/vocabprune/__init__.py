@@ -23,9 +23,17 @@ from vocabprune.core.remap import RemapCollator, remap_dataset
 from vocabprune.core.restore import restore
 from vocabprune.core.state import get_state, is_pruned
 from vocabprune.core.vocab import KeptVocab
-from vocabprune.data.counts import Counts, count_shard, load_counts, merge_counts, save_counts
-from vocabprune.data.scan import ScanResult, build_kept_vocab, count_texts, count_token_ids, scan
+from vocabprune.data.counts import Counts, load_counts, merge_counts, save_counts
+from vocabprune.data.scan import (
+    ScanResult,
+    build_kept_vocab,
+    count_shard,
+    count_texts,
+    count_token_ids,
+    scan,
+)
 from vocabprune.deploy.compact import compact_pipeline, load_compact
+from vocabprune.train.chunked import chunked_loss
 from vocabprune.train.decay import track_weight_decay
 from vocabprune.train.generation import generate
 
@@ -60,6 +68,7 @@ __all__ = [
     "VocabPruneError",
     "build_kept_vocab",
     "check_resume",
+    "chunked_loss",
     "column_ids",
     "compact_pipeline",
     "count_shard",

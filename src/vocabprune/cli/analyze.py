@@ -111,8 +111,28 @@ def analyze(opts: AnalyzeOptions) -> tuple[dict[str, Any], KeptVocab]:
         vocab_size=rows,
         meta={"max_length": opts.max_length, "total_tokens": result.total_tokens},
     )
-    plan = budget(model, kept.size, rows)
-    report: dict[str, Any] = {
+    report = _report(
+        opts, model_path, sources, tokenizer, result, kept, budget(model, kept.size, rows)
+    )
+    columns = [c.strip() for c in (opts.text_column or "").split(",") if c.strip()]
+    if len(columns) > 1:
+        report.update(_per_column(tokenizer, sources, columns, opts, rows))
+    _write_outputs(opts, report, kept, counts, tokenizer)
+    return report, kept
+
+
+def _report(
+    opts: AnalyzeOptions,
+    model_path: str,
+    sources: list[Any],
+    tokenizer: Any,
+    result: Any,
+    kept: KeptVocab,
+    plan: Any,
+) -> dict[str, Any]:
+    """What the data uses and what pruning saves: ids, parameters, bytes, growth, splits."""
+    counts, rows = result.counts, kept.vocab_size
+    return {
         "model": model_path,
         "data": [str(s) for s in sources],
         "max_length": opts.max_length,
@@ -143,11 +163,6 @@ def analyze(opts: AnalyzeOptions) -> tuple[dict[str, Any], KeptVocab]:
         },
         "overlap": split_overlap({name: s.counts for name, s in result.splits.items()}),
     }
-    columns = [c.strip() for c in (opts.text_column or "").split(",") if c.strip()]
-    if len(columns) > 1:
-        report.update(_per_column(tokenizer, sources, columns, opts, rows))
-    _write_outputs(opts, report, kept, counts, tokenizer)
-    return report, kept
 
 
 def _mb(n: int) -> str:

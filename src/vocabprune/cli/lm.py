@@ -27,6 +27,7 @@ from vocabprune.cli.options import FinetuneOptions
 from vocabprune.core.errors import ScanError, VocabPruneError
 from vocabprune.core.loaders import load_model, load_tokenizer
 from vocabprune.data.sources import read_examples
+from vocabprune.train.chunked import chunked_loss
 from vocabprune.train.collators import CausalLMCollator, MaskedLMCollator, heldout_nll
 
 LM_TASKS = ("masked-lm", "causal-lm", "seq2seq")
@@ -224,10 +225,14 @@ def run_lm_finetune(
     steps.prune_for_training(
         model, pruning, collator, tokenizer=tokenizer, enabled=opts.prune, say=say
     )
+    if opts.chunked_loss:
+        chunked_loss(model)
     masked = opts.seed if opts.task == "masked-lm" else None
     train_set = _Rows(data.features, train_rows, mask_seed=masked)
     trained, resume = _train(opts, model, collator, train_set, out, log)
     folder = steps.checkpoint_dir(opts)
+    tail = {"dropped_decay_factor": trained.decay_factor, "device": steps.device_of(model)}
+    tail.update(resumed_from=str(resume) if resume else None, checkpoint_dir=folder and str(folder))
     report = steps.build_report(
         opts,
         head={"task": opts.task},
@@ -236,12 +241,7 @@ def run_lm_finetune(
         examples=(len(train_rows), len(eval_rows)),
         trained=trained,
         metrics=_heldout(opts, model, tokenizer, pruning.kept, data, eval_rows),
-        tail={
-            "dropped_decay_factor": trained.decay_factor,
-            "device": steps.device_of(model),
-            "resumed_from": str(resume) if resume else None,
-            "checkpoint_dir": str(folder) if folder else None,
-        },
+        tail=tail,
         out=out,
     )
     steps.save_run(

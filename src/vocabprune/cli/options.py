@@ -135,6 +135,7 @@ class FinetuneOptions(DataOptions):
     resume: str | None = None  # a checkpoint folder, or "auto" (the latest in checkpoint_dir)
     task: str = "classification"  # or masked-lm, causal-lm, seq2seq, sentence-embedding
     kept: str | None = None  # a saved kept vocabulary (or counts) instead of scanning
+    chunked_loss: bool = False  # causal-lm: the loss in chunks (train.chunked)
     extra_training_args: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -160,6 +161,8 @@ class FinetuneOptions(DataOptions):
         for path in self.eval_data:
             if not str(path).strip():
                 raise OptionError("--eval-data needs a path")
+        if self.chunked_loss and (self.task != "causal-lm" or not self.prune):
+            raise OptionError("--chunked-loss is for --task causal-lm, pruned")
 
 
 @dataclass(kw_only=True)

@@ -17,11 +17,24 @@ DATA_HELP = (
 )
 
 
+class _Defaults(argparse.HelpFormatter):
+    """Help with each option's default, unless the help text already says it (or there is
+    none to say: an off flag, an empty list, no value)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        value = action.default
+        nothing = value is None or value is argparse.SUPPRESS or value == [] or action.nargs == 0
+        if nothing or "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: {value})"
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors and defaults in the help."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", _Defaults)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
@@ -100,6 +113,18 @@ def _add_analyze(sub: Any) -> None:
     _add_common(an)
 
 
+def _add_training(ft: argparse.ArgumentParser) -> None:
+    """The optimisation flags of finetune."""
+    ft.add_argument(
+        "--max-steps", type=int, default=-1, metavar="N", help="stop after N steps (-1: --epochs)"
+    )
+    ft.add_argument("--epochs", type=float, default=1.0, metavar="X", help="training epochs")
+    ft.add_argument("--batch-size", type=int, default=16, metavar="N", help="examples per step")
+    ft.add_argument("--lr", type=float, default=5e-5, metavar="X", help="peak learning rate")
+    ft.add_argument("--weight-decay", type=float, default=0.0, metavar="X", help="AdamW decay")
+    ft.add_argument("--seed", type=int, default=42, metavar="N", help="random seed")
+
+
 def _add_finetune(sub: Any) -> None:
     ft = sub.add_parser(
         "finetune",
@@ -121,14 +146,7 @@ def _add_finetune(sub: Any) -> None:
     ft.add_argument(
         "--label-column", metavar="C", help="label column (default: guessed; folders: sub-folder)"
     )
-    ft.add_argument(
-        "--max-steps", type=int, default=-1, metavar="N", help="stop after N steps (-1: --epochs)"
-    )
-    ft.add_argument("--epochs", type=float, default=1.0, metavar="X", help="training epochs")
-    ft.add_argument("--batch-size", type=int, default=16, metavar="N", help="examples per step")
-    ft.add_argument("--lr", type=float, default=5e-5, metavar="X", help="peak learning rate")
-    ft.add_argument("--weight-decay", type=float, default=0.0, metavar="X", help="AdamW decay")
-    ft.add_argument("--seed", type=int, default=42, metavar="N", help="random seed")
+    _add_training(ft)
     ft.add_argument(
         "--eval-fraction",
         type=float,
@@ -145,6 +163,12 @@ def _add_finetune(sub: Any) -> None:
     )
     ft.add_argument(
         "--no-prune", dest="prune", action="store_false", help="fine-tune the full model (baseline)"
+    )
+    ft.add_argument(
+        "--chunked-loss",
+        action="store_true",
+        help="causal-lm: compute the loss over the kept columns in chunks, never materializing "
+        "all the logits (needs trl)",
     )
     ft.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     ft.add_argument("--save-steps", type=int, metavar="N", help="write a checkpoint every N steps")

@@ -100,23 +100,32 @@ def load_pruned(
     del state_dict
     _as_if_from(model, folder)
     surgery = plan(model, kept, output="auto", ids=ids)
+    rows = _kept_rows(model, surgery, files, stand_in, folder)
+    perform(surgery, rows, remapper=remapper_for(model, kept, tokenizer, unknown), logits=logits)
+    return model
+
+
+def _kept_rows(
+    model: nn.Module, surgery: Any, files: dict[str, Path], stand_in: dict[str, Any], folder: Path
+) -> Any:
+    """The surgery's row source: a stand-in's kept rows read from the checkpoint (positioned
+    reads, nothing else of the matrix), anything else sliced from the loaded tensor."""
     prefix = getattr(model, "base_model_prefix", None)
     resolved = {k for t in surgery.tensors for k in stored_keys(files, t.names, prefix)}
     if not set(stand_in) <= resolved:  # pragma: no cover - the meta plan and the real one agree
-        raise VocabPruneError(f"{path}: the loaded model does not prune {sorted(stand_in)}")
+        raise VocabPruneError(f"{folder}: the loaded model does not prune {sorted(stand_in)}")
+    ids = surgery.kept.kept_ids
 
     def rows(tensor: PrunedTensor, index: torch.Tensor) -> tuple[torch.Tensor, RowStore]:
         key = next((k for k in stored_keys(files, tensor.names, prefix) if k in stand_in), None)
         live = tensor.live()
         if key is not None:
             store: RowStore = CheckpointRows(files[key], key, live.dtype)
-            return read_rows(files[key], key, kept.kept_ids), store
+            return read_rows(files[key], key, ids), store
         store = find_checkpoint_rows(folder, tensor.names, live, prefix) or offload(live)
         return live.detach().index_select(tensor.axis, index), store
 
-    remapper = remapper_for(model, kept, tokenizer, unknown)
-    perform(surgery, rows, remapper=remapper, logits=logits)
-    return model
+    return rows
 
 
 def _is_transformers_class(cls: Any) -> bool:

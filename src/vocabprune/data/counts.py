@@ -149,28 +149,15 @@ def merge_counts(parts: Sequence[Counts | str | os.PathLike[str]]) -> Counts:
     return Counts(total, first.tokenizer_fingerprint, meta)
 
 
-_TOKENIZERS: dict[tuple[str, int | None], Any] = {}
-
-
-def count_shard(
-    texts: Sequence[str],
-    tokenizer: str | os.PathLike[str],
-    *,
-    max_length: int | None = None,
-    vocab_size: int | None = None,
-) -> Counts:
-    """Count one shard of a corpus: the function to map over shards on any engine (Dask, Ray,
-    Spark, a job array). `tokenizer` is the tokenizer's folder, loaded once per worker process;
-    the result carries its fingerprint, so `merge_counts` refuses shards counted otherwise."""
-    from vocabprune.core.loaders import load_tokenizer
-    from vocabprune.core.vocab import tokenizer_fingerprint
-    from vocabprune.data.scan import count_texts
-
-    key = (str(tokenizer), os.getpid())
-    if key not in _TOKENIZERS:
-        _TOKENIZERS[key] = load_tokenizer(str(tokenizer))
-    tok = _TOKENIZERS[key]
-    counts = count_texts(
-        tok, list(texts), max_length=max_length, vocab_size=vocab_size, progress=False
-    )
-    return Counts(counts, tokenizer_fingerprint(tok), {"shards": 1, "examples": len(texts)})
+def as_counts(counts: Any, fingerprint: str | None, size: int) -> np.ndarray:
+    """Counts given as a count file, `Counts` or an array, checked: the same tokenizer
+    (fingerprint) and vocabulary size."""
+    if isinstance(counts, (str, os.PathLike)):
+        counts = load_counts(counts)
+    if isinstance(counts, Counts):
+        counts.check_tokenizer(fingerprint, "the counts given")
+        counts = counts.counts
+    array = np.asarray(counts, dtype=np.int64)
+    if array.shape != (size,):
+        raise ScanError(f"the counts given cover {array.size} ids, the vocabulary {size}")
+    return array

@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from vocabprune.core.errors import ScanError
 from vocabprune.core.model import embedding_shape, prune_target
-from vocabprune.core.vocab import KeptVocab
+from vocabprune.core.vocab import KeptVocab, tokenizer_fingerprint
+from vocabprune.data.counts import Counts, as_counts
 from vocabprune.data.sources import Columns, pick_text_columns, read_table, texts_of
 
 DEFAULT_BATCH = 1000
@@ -510,7 +511,7 @@ def build_kept_vocab(
             splits=list(result.splits),
         )
     if counts is not None:
-        total += _given_counts(counts, tokenizer, size)
+        total += as_counts(counts, tokenizer_fingerprint(tokenizer), size)
         meta["counts_added"] = True
     return KeptVocab.from_counts(
         total,
@@ -537,17 +538,26 @@ def _unwrap(tokenizer: Any, model: Any) -> tuple[Any, Any, list[int]]:
     return wrapper.tokenizer, model if model is not None else inner, ids
 
 
-def _given_counts(counts: Any, tokenizer: Any, size: int) -> np.ndarray:
-    """Counts made elsewhere, checked: the same tokenizer (fingerprint) and vocabulary size."""
-    from vocabprune.core.vocab import tokenizer_fingerprint
-    from vocabprune.data.counts import Counts, load_counts
+_TOKENIZERS: dict[tuple[str, int], Any] = {}
 
-    if isinstance(counts, (str, os.PathLike)):
-        counts = load_counts(counts)
-    if isinstance(counts, Counts):
-        counts.check_tokenizer(tokenizer_fingerprint(tokenizer), "the counts given")
-        counts = counts.counts
-    array = np.asarray(counts, dtype=np.int64)
-    if array.shape != (size,):
-        raise ScanError(f"the counts given cover {array.size} ids, the vocabulary {size}")
-    return array
+
+def count_shard(
+    texts: Sequence[str],
+    tokenizer: str | os.PathLike[str],
+    *,
+    max_length: int | None = None,
+    vocab_size: int | None = None,
+) -> Counts:
+    """Count one shard of a corpus: the function to map over shards on any engine (Dask, Ray,
+    Spark, a job array). `tokenizer` is the tokenizer's folder, loaded once per worker process;
+    the result carries its fingerprint, so `merge_counts` refuses shards counted otherwise."""
+    from vocabprune.core.loaders import load_tokenizer
+
+    key = (str(tokenizer), os.getpid())
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = load_tokenizer(str(tokenizer))
+    tok = _TOKENIZERS[key]
+    counts = count_texts(
+        tok, list(texts), max_length=max_length, vocab_size=vocab_size, progress=False
+    )
+    return Counts(counts, tokenizer_fingerprint(tok), {"shards": 1, "examples": len(texts)})
