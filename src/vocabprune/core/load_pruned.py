@@ -49,6 +49,7 @@ LOADER_KWARGS = (
     "subfolder",
     "cache_dir",
     "trust_remote_code",
+    "use_safetensors",
 )
 UNSUPPORTED = ("state_dict", "gguf_file", "device_map", "tp_plan", "quantization_config")
 
@@ -183,6 +184,7 @@ def _split_kwargs(folder: Path, kwargs: dict[str, Any]) -> tuple[Any, dict[str, 
     kwargs = dict(kwargs)
     loader = {k: kwargs.pop(k) for k in LOADER_KWARGS if k in kwargs}
     loader.pop("trust_remote_code", None)  # never remote code
+    loader.pop("use_safetensors", None)  # always: only safetensors is read
     config = kwargs.pop("config", None)
     if config is not None:
         return copy.deepcopy(config), kwargs, loader  # the caller's config is left as it was

@@ -152,11 +152,17 @@ def size_changes(
 
 
 def config_vocab_change(model: nn.Module, old: int, new: int) -> list[AttrChange]:
-    """config.vocab_size, when it describes the rows that change."""
+    """config.vocab_size, when it describes the rows that change, and the copies of it modules
+    keep (Gemma 2/3, Mixtral and others copy it at construction and reshape their loss by it)."""
+    changes = []
     config = getattr(model, "config", None)
     if config is not None and getattr(config, "vocab_size", None) == old:
-        return [AttrChange(config, "vocab_size", old, new)]
-    return []
+        changes.append(AttrChange(config, "vocab_size", old, new))
+    for module in model.modules():
+        value = module.__dict__.get("vocab_size")
+        if isinstance(value, int) and not isinstance(value, bool) and value == old:
+            changes.append(AttrChange(module, "vocab_size", old, new))
+    return changes
 
 
 def _padding_changes(tensors: Iterable[PrunedTensor], kept: KeptVocab) -> list[AttrChange]:
@@ -269,7 +275,9 @@ def plan(
     module_changes += _padding_changes(tensors, kept)
     config_changes: list[AttrChange] = []
     if output_pruned or output_head(model) is None:  # config.vocab_size describes the live rows
-        config_changes += config_vocab_change(model, kept.vocab_size, kept.size)
+        for change in config_vocab_change(model, kept.vocab_size, kept.size):
+            is_module = isinstance(change.obj, nn.Module)
+            (module_changes if is_module else config_changes).append(change)
         gen = getattr(model, "generation_config", None)
         if gen is not None and getattr(gen, "vocab_size", None) == kept.vocab_size:
             config_changes.append(AttrChange(gen, "vocab_size", kept.vocab_size, kept.size))
