@@ -1,13 +1,17 @@
 """Inference with compact models: full vs pruned for BBC News, e5 and MiniLM, in one run.
 
-    python benchmarks/inference.py [--models e5,minilm] [--variants standalone,compact]
+    python benchmarks/inference.py [--models e5,minilm] [--variants standalone,compact,oracle]
                                    [--limit N] [--out benchmarks/results/inference.json]
 
 For each model the corpus (BBC News, every article, truncated to 128 tokens) is pruned with
 `vocabprune prune --max-length 128` twice: a standalone export (tokenizer rewritten, stock
-AutoModel) and a compact one (original tokenizer, `vocabprune.load_compact`). Then each of
-full / standalone / compact runs in a FRESH subprocess: load the model, run the whole corpus in
-batches of 64, and report
+AutoModel) and a compact one (original tokenizer, `vocabprune.load_compact`). The ORACLE for
+deployment is the compact folder itself loaded as what it is, an ordinary model with only the
+kept rows: stock `from_pretrained`, no vocabprune hooks, its input ids remapped to kept ids by a
+table lookup before the timed loop (like tokenization). compact / oracle is what vocabprune's
+adapter (the id remap in front of the embedding) costs. Each of full / standalone / compact /
+oracle runs in a FRESH subprocess: load the model, run the whole corpus in batches of 64, and
+report
 
 - files on disk (the weights, and the whole folder with config and tokenizer);
 - load time;
@@ -16,7 +20,9 @@ batches of 64, and report
   corpus already in memory);
 - time per batch (forward only, tokenization done before);
 - outputs: the mean-pooled last hidden state of every article, compared with the full model's
-  (max absolute difference; identical means equal).
+  (max absolute difference; identical means equal);
+- compact / oracle (`compact_vs_oracle`): RSS growth after load and after the corpus, peak RSS
+  growth, load time and time per batch.
 On a CUDA machine the model runs there and torch.cuda.max_memory_allocated is reported too.
 
 `main() -> dict` returns (and writes) the results; benchmarks/run.py calls it.
@@ -36,20 +42,23 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+import benchlib as bl  # noqa: E402
+
 DEFAULT_OUT = ROOT / "results" / "inference.json"
 BATCH = 64
 MAX_LENGTH = 128
+# What compact / oracle compares (worker fields).
+ORACLE_KEYS = (
+    "rss_after_load_bytes",
+    "rss_after_corpus_bytes",
+    "rss_after_corpus_trimmed_bytes",
+    "peak_rss_growth_bytes",
+    "load_s",
+    "s_per_batch",
+    "s_per_batch_median",
+)
 TARGETS = {"e5": {"disk_saved_min": 0.75, "rss_after_corpus_ratio_max": 0.5}}
-
-
-def rss_bytes(field: str = "VmRSS") -> int:
-    """VmRSS (or VmHWM, the peak) of this process from /proc (ru_maxrss would report the
-    parent's peak at fork time)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return 0  # pragma: no cover
 
 
 def _malloc_trim() -> bool:
@@ -111,7 +120,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     texts = json.loads(Path(args.texts).read_text(encoding="utf-8"))
     folder = Path(args.folder)
-    tok_dir = folder / "original_tokenizer" if args.variant == "compact" else folder
+    original = args.variant in ("compact", "oracle")
+    tok_dir = folder / "original_tokenizer" if original else folder
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
     batches = [
         tokenizer(
@@ -123,7 +133,13 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         )
         for i in range(0, len(texts), BATCH)
     ]
-    base = rss_bytes()
+    if args.variant == "oracle":  # a plain model with the kept rows reads kept ids
+        from vocabprune import KeptVocab
+
+        table = torch.as_tensor(KeptVocab.load(folder / "kept_vocab.json").old_to_new)
+        for batch in batches:
+            batch["input_ids"] = table[batch["input_ids"]]
+    base = bl.rss_now_bytes()
     started = time.perf_counter()
     if args.variant == "compact":
         model, _ = load_compact(folder, tokenizer=tokenizer)
@@ -133,7 +149,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         model.eval()
     model.to(device)
     load_s = time.perf_counter() - started
-    after_load = rss_bytes() - base
+    after_load = bl.rss_now_bytes() - base
     pooled = []
     times = []
     if device == "cuda":
@@ -148,8 +164,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             times.append(time.perf_counter() - t0)
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled.append(((hidden * mask).sum(1) / mask.sum(1)).float().cpu().numpy())
-    after_corpus = rss_bytes() - base
-    trimmed = _malloc_trim() and rss_bytes() - base
+    after_corpus = bl.rss_now_bytes() - base
+    trimmed = _malloc_trim() and bl.rss_now_bytes() - base
     np.save(args.emb, np.concatenate(pooled))
     result = {
         "load_s": round(load_s, 3),
@@ -157,7 +173,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         "rss_after_corpus_bytes": after_corpus,
         # after glibc's malloc_trim(0): what the allocator kept of freed activations is gone
         "rss_after_corpus_trimmed_bytes": trimmed or None,
-        "peak_rss_growth_bytes": rss_bytes("VmHWM") - base,
+        "peak_rss_growth_bytes": bl.peak_rss_bytes() - base,
         "batches": len(times),
         "s_per_batch": round(sum(times) / len(times), 4),
         "s_per_batch_median": round(sorted(times)[len(times) // 2], 4),
@@ -212,19 +228,28 @@ def bench_model(
         **run_worker(source, "full", texts_file, work / f"{name}-full.npy"),
     }
     full_emb = np.load(work / f"{name}-full.npy")
-    for variant in variants:
-        folder = work / f"{name}-{variant}"
-        t0 = time.perf_counter()
-        report = run_prune(
-            PruneOptions(
+    exports: dict[str, tuple[Path, dict[str, Any], float | None]] = {}
+
+    def export(kind: str) -> tuple[Path, dict[str, Any], float | None]:
+        """The export of this kind (standalone or compact), written once."""
+        if kind not in exports:
+            folder = work / f"{name}-{kind}"
+            t0 = time.perf_counter()
+            options = PruneOptions(
                 out=str(folder),
                 model=str(source),
                 data=data,
                 max_length=MAX_LENGTH,
-                standalone=variant == "standalone",
+                standalone=kind == "standalone",
             )
-        )
-        export_s = time.perf_counter() - t0
+            exports[kind] = (folder, run_prune(options), time.perf_counter() - t0)
+            return exports[kind]
+        folder, report, _ = exports[kind]
+        return folder, report, None  # reused: no export time of its own
+
+    # The oracle is the compact folder loaded as a plain model: compact goes first.
+    for variant in sorted(variants, key=lambda v: v == "oracle"):
+        folder, report, export_s = export("compact" if variant == "oracle" else variant)
         res = run_worker(folder, variant, texts_file, work / f"{name}-{variant}.npy")
         emb = np.load(work / f"{name}-{variant}.npy")
         diff = float(np.abs(emb - full_emb).max())
@@ -233,7 +258,7 @@ def bench_model(
         entry = {
             **size,
             **res,
-            "export_s": round(export_s, 2),
+            "export_s": None if export_s is None else round(export_s, 2),
             "kept_tokens": report["kept_tokens"],
             "vocab_size": report["vocab_size"],
             "max_abs_diff_vs_full": diff,
@@ -270,6 +295,16 @@ def bench_model(
                 <= target["rss_after_corpus_ratio_max"],
             }
         out[variant] = entry
+    if "compact" in out and "oracle" in out:
+        compact, oracle = out["compact"], out["oracle"]
+        out["compact_vs_oracle"] = {
+            f"{key}_ratio": ratio(compact[key] or 0, oracle[key] or 0) for key in ORACLE_KEYS
+        }
+        out["compact_vs_oracle"]["outputs_equal"] = bool(
+            np.array_equal(
+                np.load(work / f"{name}-compact.npy"), np.load(work / f"{name}-oracle.npy")
+            )
+        )
     return out
 
 
@@ -286,7 +321,7 @@ def ratio(a: float, b: float) -> float | None:
 
 def main(
     models: tuple[str, ...] = ("e5", "minilm"),
-    variants: tuple[str, ...] = ("standalone", "compact"),
+    variants: tuple[str, ...] = ("standalone", "compact", "oracle"),
     limit: int | None = None,
     out: str | os.PathLike[str] = DEFAULT_OUT,
 ) -> dict[str, Any]:
@@ -335,7 +370,7 @@ def summary(results: dict[str, Any]) -> str:
     lines = []
     for name, res in results["models"].items():
         full = res["full"]
-        for variant in ("standalone", "compact"):
+        for variant in ("standalone", "compact", "oracle"):
             if variant not in res:
                 continue
             r = res[variant]
@@ -349,7 +384,68 @@ def summary(results: dict[str, Any]) -> str:
                 f"(x{r['rss_after_corpus_ratio']}); {r['s_per_batch']:.3f} vs "
                 f"{full['s_per_batch']:.3f} s/batch; max |diff| {r['max_abs_diff_vs_full']:.2g}"
             )
+        vs = res.get("compact_vs_oracle")
+        if vs:
+            lines.append(
+                f"{name} compact / oracle: RSS growth after load "
+                f"x{vs['rss_after_load_bytes_ratio']}, after corpus "
+                f"x{vs['rss_after_corpus_bytes_ratio']} (trimmed "
+                f"x{vs['rss_after_corpus_trimmed_bytes_ratio']}), peak growth "
+                f"x{vs['peak_rss_growth_bytes_ratio']}; load x{vs['load_s_ratio']}; time per "
+                f"batch x{vs['s_per_batch_ratio']} (median x{vs['s_per_batch_median_ratio']}); "
+                f"outputs equal: {vs['outputs_equal']}"
+            )
     return "\n".join(lines)
+
+
+def markdown_table(results: dict[str, Any]) -> list[str]:
+    """Per model and variant, beside full: weights, load, RSS growth, time per batch, outputs;
+    then compact / oracle (also rendered by run.py in benchmarks/README.md)."""
+
+    def mib(n: Any) -> str:
+        return f"{n / 2**20:,.0f}" if isinstance(n, (int, float)) else "–"
+
+    def num(x: Any, fmt: str = ".3f") -> str:
+        return format(x, fmt) if isinstance(x, (int, float)) else "–"
+
+    lines = [
+        f"Inference, BBC News ({results.get('examples')} articles, {results.get('max_length')} "
+        f"tokens, batches of {results.get('batch_size')}); RSS growth is over the RSS before "
+        "loading; oracle = the compact folder loaded as a plain model, fed ids remapped by lookup.",
+        "",
+        "| model | variant | kept ids | weights MiB | load s | RSS after load MiB | RSS after "
+        "corpus MiB | peak RSS growth MiB | s / batch | vs full: RSS after corpus | vs full: "
+        "s / batch | max abs diff vs full |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, res in results.get("models", {}).items():
+        for variant in ("full", "standalone", "compact", "oracle"):
+            r = res.get(variant)
+            if not r:
+                continue
+            cells = [
+                r.get("kept_tokens", "–"),
+                mib(r.get("weights_bytes")),
+                num(r.get("load_s"), ".2f"),
+                mib(r.get("rss_after_load_bytes")),
+                mib(r.get("rss_after_corpus_bytes")),
+                mib(r.get("peak_rss_growth_bytes")),
+                num(r.get("s_per_batch")),
+                num(r.get("rss_after_corpus_ratio")),
+                num(r.get("time_per_batch_ratio")),
+                num(r.get("max_abs_diff_vs_full"), ".2g"),
+            ]
+            lines.append(f"| {name} | {variant} | " + " | ".join(map(str, cells)) + " |")
+        vs = res.get("compact_vs_oracle")
+        if vs:
+            lines.append(
+                f"| {name} | **compact / oracle** | | | {num(vs.get('load_s_ratio'))} | "
+                f"{num(vs.get('rss_after_load_bytes_ratio'))} | "
+                f"{num(vs.get('rss_after_corpus_bytes_ratio'))} | "
+                f"{num(vs.get('peak_rss_growth_bytes_ratio'))} | {num(vs.get('s_per_batch_ratio'))}"
+                f" | | | outputs equal: {vs.get('outputs_equal')} |"
+            )
+    return lines
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -360,7 +456,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--texts", help=argparse.SUPPRESS)
     p.add_argument("--emb", help=argparse.SUPPRESS)
     p.add_argument("--models", default="e5,minilm")
-    p.add_argument("--variants", default="standalone,compact")
+    p.add_argument("--variants", default="standalone,compact,oracle")
     p.add_argument("--limit", type=int, help="only the first N articles (quick runs)")
     p.add_argument("--out", default=str(DEFAULT_OUT))
     return p.parse_args(argv)

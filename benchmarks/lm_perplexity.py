@@ -67,7 +67,7 @@ def _split_nll(model, batches, kept_mask: torch.Tensor) -> dict[str, float]:
     return out
 
 
-def main(steps: int = STEPS, n_eval: int = N_EVAL) -> dict:
+def main(steps: int = STEPS, n_eval: int = N_EVAL, out: Path = RESULT) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import vocabprune as vp
@@ -106,11 +106,9 @@ def main(steps: int = STEPS, n_eval: int = N_EVAL) -> dict:
     for method in ("full", "pruned"):
         torch.manual_seed(SEED)
         model = load()
-        batches = train_batches
+        batches = train_batches  # tokenizer ids: a pruned model remaps ids and labels inside
         if method == "pruned":
             vp.prune(model, kept)
-            remap = vp.RemapCollator(lambda f: dict(f[0]), kept, remap_labels=True)
-            batches = [remap([b]) for b in train_batches]
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
         losses = []
@@ -120,7 +118,7 @@ def main(steps: int = STEPS, n_eval: int = N_EVAL) -> dict:
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         train_seconds = time.perf_counter() - t0
         if method == "pruned":
             vp.restore(model)
@@ -154,8 +152,8 @@ def main(steps: int = STEPS, n_eval: int = N_EVAL) -> dict:
         / runs["full"]["perplexity_all"],
         "eval_seconds": round(eval_seconds, 2),
     }
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
     return result
 
 

@@ -1,0 +1,427 @@
+"""Training cost of vocabprune against full fine-tuning, the ORACLE and the alternatives (issue 12),
+with honest repetitions: every run in a fresh process, methods interleaved, >= 3 repetitions.
+
+    python benchmarks/train_compare.py --case e5_128          # -> results/train_compare_e5_128.json
+    python benchmarks/train_compare.py --case e5_128,e5_512,minilm_128,smollm2_256
+    python benchmarks/train_compare.py --case all             # every real case (hours on 2 cores)
+    python benchmarks/train_compare.py --list                 # the cases
+    # smoke (seconds per run): one repetition, one timed step, tiny shapes, output elsewhere
+    python benchmarks/train_compare.py --case minilm_128 --batch-size 2 --max-length 32 \\
+        --steps 1 --reps 1 --out /tmp/minilm.json
+    python benchmarks/train_compare.py --case tiny_gemma3 --steps 1 --reps 1 --out /tmp/t.json
+
+Methods, run A B C D E A B C D E ... (`--reps` rounds), each in a new interpreter:
+- full: stock fine-tuning of the whole model.
+- pruned (vocabprune): `vp.load_pruned` for a model folder (the dropped rows are never read),
+  `vp.prune` of the model built from its config otherwise; fed the tokenizer's original ids.
+- oracle: the same config with vocab_size = kept rows (config token ids renumbered), random
+  weights: an ordinary model that only ever had the kept rows; its batches remapped to kept ids
+  by a table lookup. What vocabprune should cost at best.
+- peft_tt: PEFT TrainableTokens on the kept ids, every other parameter trainable too; the full
+  matrix stays, frozen.
+- naive: load the full model, slice the kept rows into a new smaller embedding (and head), by
+  hand (benchlib.naive_slice); batches remapped by lookup.
+
+Cases: folders (packaged fixtures) e5 and MiniLM sequence classification (5 BBC News classes)
+and SmolLM2 causal LM; large-vocabulary causal LMs built from configs (Gemma-3-270m and
+Qwen3-0.6B shapes, as gpu_memory.py), fed BBC News ids from the e5 tokenizer
+(benchmarks/data/bbc_e5_ids.npz; an id >= the vocabulary enters as id % vocab_size, Qwen3).
+The kept vocabulary: every id BBC News uses at the case's length (folders), or in the whole id
+file (config shapes), plus the specials.
+
+Per run: median step time after the warm-up, peak RSS (VmHWM), bytes of weights + gradients +
+optimizer states after the first step, load time, the load average at start and end (and
+CUDA's peak where present). Per method: median and range (min-max) over repetitions, ratios of
+medians to full and to the oracle, and a verdict against each: "tie" when the two ranges
+overlap, else "lower" / "higher". Results: benchmarks/results/train_compare_<case>.json.
+`main(argv) -> dict` (run.py: `--only train_compare`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import benchlib as bl  # noqa: E402
+
+RESULTS = HERE / "results"
+METHODS = ("full", "pruned", "oracle", "peft_tt", "naive")
+# The run fields the summary compares (lower is better for all), and their labels.
+METRICS = {
+    "median_step_seconds": "median step s",
+    "peak_rss_bytes": "peak RSS",
+    "state_bytes_total": "w+g+opt bytes",
+    "cuda_max_memory_allocated_bytes": "CUDA max allocated",
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """A model (a fixture folder or a benchlib shape), an objective and a batch shape."""
+
+    model: str  # "e5", "minilm", "smollm2" (folders) or a benchlib.SHAPES name
+    task: str  # "classify" or "causal"
+    max_length: int
+    batch_size: int
+
+
+CASES: dict[str, Case] = {
+    "e5_128": Case("e5", "classify", 128, 16),
+    "e5_512": Case("e5", "classify", 512, 4),
+    "minilm_128": Case("minilm", "classify", 128, 16),
+    "smollm2_256": Case("smollm2", "causal", 256, 8),
+    "gemma3_256": Case("gemma3-270m", "causal", 256, 4),
+    "gemma3_1024": Case("gemma3-270m", "causal", 1024, 1),
+    "qwen3_256": Case("qwen3-0.6b", "causal", 256, 4),
+    "qwen3_1024": Case("qwen3-0.6b", "causal", 1024, 1),
+    # Smoke runs only.
+    "tiny_gemma3": Case("gemma3-tiny", "causal", 32, 2),
+    "tiny_qwen3": Case("qwen3-tiny", "causal", 32, 2),
+}
+REAL_CASES = tuple(c for c in CASES if not c.startswith("tiny_"))
+FOLDERS = {"e5": "e5_path", "minilm": "minilm_path", "smollm2": "smollm2_path"}
+
+
+def log(msg: str) -> None:
+    print(f"[train_compare] {msg}", file=sys.stderr, flush=True)
+
+
+# -- one run, in its own process ------------------------------------------------------------------
+
+
+def child(spec: dict[str, Any]) -> dict[str, Any]:
+    """Prepare the data, load or build the model for one method, train and measure."""
+    import torch
+
+    loadavg_start = bl.load_average()
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    case = Case(**spec["case"])
+    method = spec["method"]
+    count = spec["warmup"] + spec["steps"]
+    if case.model in FOLDERS:
+        batches, kept, load = _folder_case(case, spec["path"], count)
+    else:
+        batches, kept, load = _shape_case(case, count)
+    if method in ("oracle", "naive"):  # plain models with only the kept rows read kept ids
+        for b in batches:
+            for key in ("input_ids", "labels") if case.task == "causal" else ("input_ids",):
+                b[key] = bl.lookup(kept, b[key])
+    device = torch.device(spec["device"])
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.init()
+        torch.cuda.reset_peak_memory_stats(device)
+    rss_before = bl.rss_now_bytes()
+    t0 = time.perf_counter()
+    model = load(method)
+    if method == "peft_tt":
+        model = bl.peft_trainable_tokens(model, kept.kept_ids)
+    elif method == "naive":
+        model = bl.naive_slice(model, kept)
+    load_s = time.perf_counter() - t0
+    rss_after_load = bl.rss_now_bytes()
+    model.to(device)
+    run = bl.train_steps(model, batches, spec["steps"], warmup=spec["warmup"])
+    state = run.pop("bytes")
+    run.update(
+        method=method,
+        kept_ids=kept.size,
+        vocab_size=kept.vocab_size,
+        embedding_rows=int(model.get_input_embeddings().weight.shape[0]),
+        load_seconds=round(load_s, 3),
+        rss_before_model_bytes=rss_before,
+        rss_after_load_bytes=rss_after_load,
+        peak_rss_bytes=bl.peak_rss_bytes(),
+        state_bytes=state,
+        state_bytes_total=state["total"],
+        loadavg_start=loadavg_start,
+        loadavg_end=bl.load_average(),
+        device=str(device),
+        torch=torch.__version__,
+    )
+    if cuda:
+        run["cuda_max_memory_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+    return run
+
+
+def _folder_case(case: Case, path: str, count: int) -> tuple[list[dict], Any, Any]:
+    """A fixture folder: tokenized BBC News batches, the kept vocabulary, a loader per method."""
+    import torch
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
+
+    import vocabprune as vp
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    texts, labels = bl.bbc_news()
+    batch, length = case.batch_size, case.max_length
+    if case.task == "classify":
+        auto, kwargs = AutoModelForSequenceClassification, {"num_labels": 5}
+
+        def encode(chunk: list[str]) -> dict[str, torch.Tensor]:
+            enc = tokenizer(
+                chunk, truncation=True, max_length=length, padding=True, return_tensors="pt"
+            )
+            return dict(enc)
+
+        batches = bl.make_batches(encode, texts, labels, batch, count)
+        config = AutoConfig.from_pretrained(path, **kwargs)
+        counts = vp.count_texts(
+            tokenizer, texts, max_length=length, vocab_size=config.vocab_size, progress=False
+        )
+    else:  # causal LM: rows of exactly `length` tokens (as lm_train_speed.py), labels = inputs
+        auto, kwargs = AutoModelForCausalLM, {}
+        enc = tokenizer(texts, truncation=True, max_length=length)["input_ids"]
+        full_rows = [ids for ids in enc if len(ids) == length]
+        if len(full_rows) < batch * count:
+            raise RuntimeError(f"only {len(full_rows)} BBC texts reach {length} tokens")
+        batches = []
+        for i in range(count):
+            ids = torch.tensor(full_rows[i * batch : (i + 1) * batch])
+            batches.append({"input_ids": ids, "labels": ids.clone()})
+        config = AutoConfig.from_pretrained(path)
+        counts = vp.count_token_ids(enc, config.vocab_size)
+    kept = vp.KeptVocab.from_counts(
+        counts,
+        tokenizer=tokenizer,
+        vocab_size=config.vocab_size,
+        extra_ids=bl.config_token_ids(config),
+    )
+
+    def load(method: str) -> Any:
+        if method == "pruned":
+            model = vp.load_pruned(auto, path, kept, **kwargs)
+            return model
+        if method == "oracle":
+            return auto.from_config(bl.oracle_config(config, kept))
+        return auto.from_pretrained(path, **kwargs)
+
+    return batches, kept, load
+
+
+def _shape_case(case: Case, count: int) -> tuple[list[dict], Any, Any]:
+    """A shape built from its config, fed packed BBC News e5 ids (id % vocab_size)."""
+    import torch
+
+    import vocabprune as vp
+
+    shape = bl.SHAPES[case.model]
+    flat, _, _ = bl.load_ids()
+    data = bl.corpus_ids(flat, shape.vocab_size, shape.corpus_tokens)
+    config = bl.build_config(shape)
+    kept = bl.kept_vocab(data, shape.vocab_size, config)
+    rows = torch.as_tensor(bl.packed_rows(data, case.batch_size * count, case.max_length))
+    batches = []
+    for i in range(count):
+        ids = rows[i * case.batch_size : (i + 1) * case.batch_size]
+        batches.append({"input_ids": ids, "labels": ids.clone()})
+
+    def load(method: str) -> Any:
+        if method == "oracle":
+            return bl.build_model(bl.build_config(shape, kept=kept), shape.model_class)
+        model = bl.build_model(config, shape.model_class)
+        if method == "pruned":
+            vp.prune(model, kept)
+        return model
+
+    return batches, kept, load
+
+
+# -- the driver -----------------------------------------------------------------------------------
+
+
+def compare(name: str, case: Case, args: argparse.Namespace) -> dict[str, Any]:
+    """Every method `--reps` times, interleaved, each in a new interpreter; the summary."""
+    path = None
+    if case.model in FOLDERS:
+        import vocabprune.fixtures as fx
+
+        path = str(getattr(fx, FOLDERS[case.model])())  # converted once, before any timing
+    methods = [m for m in args.methods.split(",") if m]
+    spec = {
+        "case": asdict(case),
+        "path": path,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "threads": args.threads,
+        "device": args.device,
+    }
+    result: dict[str, Any] = {
+        "benchmark": "train_compare",
+        "case": name,
+        **asdict(case),
+        "model_path": path,
+        "methods": methods,
+        "reps": args.reps,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "machine": bl.machine_info(),
+        "loadavg_start": bl.load_average(),
+        "runs": {m: [] for m in methods},
+    }
+    total = args.reps * len(methods)
+    for rep in range(args.reps):
+        for j, method in enumerate(methods):
+            t0 = time.monotonic()
+            run = bl.run_fresh(
+                "train_compare:child", {**spec, "method": method}, timeout=args.timeout
+            )
+            run["rep"] = rep
+            result["runs"][method].append(run)
+            done = rep * len(methods) + j + 1
+            if "error" in run:
+                log(f"{name} {done}/{total} {method}: {run['error'][:200]}")
+            else:
+                log(
+                    f"{name} {done}/{total} {method}: {run['median_step_seconds']:.3f} s/step, "
+                    f"peak RSS {run['peak_rss_bytes'] / 2**20:,.0f} MiB, "
+                    f"w+g+opt {run['state_bytes_total'] / 2**20:,.0f} MiB, load "
+                    f"{run['loadavg_start'][0]}->{run['loadavg_end'][0]} "
+                    f"({time.monotonic() - t0:.0f} s)"
+                )
+    result["loadavg_end"] = bl.load_average()
+    result["summary"] = summarize(result["runs"])
+    return result
+
+
+def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per method and metric: median, range, and against full, the oracle and vocabprune the
+    ratio of medians (`over_<ref>`) and the verdict (`vs_<ref>`: tie when the ranges overlap)."""
+    spreads = {
+        m: {k: bl.spread([r.get(k) for r in rs if "error" not in r]) for k in METRICS}
+        for m, rs in runs.items()
+    }
+    out: dict[str, Any] = {}
+    for method, by_metric in spreads.items():
+        entry: dict[str, Any] = {
+            "runs_ok": sum("error" not in r for r in runs[method]),
+            "errors": [r["error"] for r in runs[method] if "error" in r],
+        }
+        for metric, sp in by_metric.items():
+            if not sp.values:
+                continue
+            item = sp.to_dict()
+            for ref in ("full", "oracle", "pruned"):
+                other = spreads.get(ref, {}).get(metric)
+                if other is None or not other.values or ref == method:
+                    continue
+                item[f"over_{ref}"] = bl.ratio(sp.median, other.median)
+                item[f"vs_{ref}"] = bl.verdict(sp, other)
+            entry[metric] = item
+        out[method] = entry
+    return out
+
+
+def markdown_table(result: dict[str, Any]) -> list[str]:
+    """One row per method: medians, ranges, ratios and verdicts (also used by run.py)."""
+    lines = [
+        f"{result['case']}: {result['model']} {result['task']}, {result['max_length']} × "
+        f"{result['batch_size']}, {result['reps']} repetitions of {result['steps']} timed steps "
+        f"(after {result['warmup']} warm-up); load average {result.get('loadavg_start')} → "
+        f"{result.get('loadavg_end')}.",
+        "",
+        "| method | runs | step s median [min–max] | /full | /oracle | vs full | vs oracle | "
+        "peak RSS MiB median [min–max] | /full | /oracle | vs full | vs oracle | "
+        "w+g+opt MiB | /oracle |",
+        "|---|---:|---:|---:|---:|---|---|---:|---:|---:|---|---|---:|---:|",
+    ]
+    for method, entry in result.get("summary", {}).items():
+        step = entry.get("median_step_seconds", {})
+        rss = entry.get("peak_rss_bytes", {})
+        state = entry.get("state_bytes_total", {})
+        if not step:
+            errors = "; ".join(entry.get("errors", []))[:80]
+            lines.append(f"| {method} | 0 | error: {errors} |||||||||||")
+            continue
+        lines.append(
+            f"| {_label(method)} | {entry['runs_ok']} | {_range(step, 1, '.3f')} | "
+            f"{_f(step.get('over_full'))} | {_f(step.get('over_oracle'))} | "
+            f"{step.get('vs_full', '–')} | {step.get('vs_oracle', '–')} | "
+            f"{_range(rss, 2**20, ',.0f')} | {_f(rss.get('over_full'))} | "
+            f"{_f(rss.get('over_oracle'))} | {rss.get('vs_full', '–')} | "
+            f"{rss.get('vs_oracle', '–')} | {_f((state.get('median') or 0) / 2**20, ',.0f')} | "
+            f"{_f(state.get('over_oracle'))} |"
+        )
+    return lines
+
+
+def _label(method: str) -> str:
+    return {"pruned": "**vocabprune**", "peft_tt": "PEFT TrainableTokens"}.get(method, method)
+
+
+def _f(x: Any, fmt: str = ".3f") -> str:
+    return format(x, fmt) if isinstance(x, (int, float)) else "–"
+
+
+def _range(item: dict[str, Any], scale: float, fmt: str) -> str:
+    if item.get("median") is None:
+        return "–"
+    lo, hi = item["min"] / scale, item["max"] / scale
+    return f"{item['median'] / scale:{fmt}} [{lo:{fmt}}–{hi:{fmt}}]"
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--case", default="all", help="comma-separated case names, or all")
+    p.add_argument("--list", action="store_true", help="list the cases and exit")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--reps", type=int, default=3, help="repetitions of every method")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per run")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    p.add_argument("--batch-size", type=int, help="override the case's batch size")
+    p.add_argument("--max-length", type=int, help="override the case's sequence length")
+    p.add_argument("--threads", type=int, help="torch threads per run (default: torch's)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds per run")
+    p.add_argument("--out", type=Path, help="output file (one case only)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the cases; write results/train_compare_<case>.json each; return {case: result}."""
+    args = parse(argv)
+    if args.list:
+        for name, case in CASES.items():
+            print(
+                f"{name:12s} {case.model:12s} {case.task:9s} {case.max_length} x {case.batch_size}"
+            )
+        return {}
+    names = list(REAL_CASES) if args.case == "all" else [c for c in args.case.split(",") if c]
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        raise SystemExit(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
+    if args.out and len(names) != 1:
+        raise SystemExit("--out takes one case")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    results = {}
+    for name in names:
+        case = CASES[name]
+        overrides = {"batch_size": args.batch_size, "max_length": args.max_length}
+        case = Case(**{**asdict(case), **{k: v for k, v in overrides.items() if v}})
+        result = compare(name, case, args)
+        target = args.out or RESULTS / f"train_compare_{name}.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(result, indent=2))
+        log(f"wrote {target}")
+        print("\n".join(markdown_table(result)) + "\n")
+        results[name] = result
+    return results
+
+
+if __name__ == "__main__":
+    main()
