@@ -25,7 +25,8 @@ test: install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site-check && rm -rf build/site-check
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider tests
+	# Two workers (the machine's two cores), whole files each: module fixtures run once.
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

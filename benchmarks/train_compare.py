@@ -23,11 +23,11 @@ Methods, run A B C D E A B C D E ... (`--reps` rounds), each in a new interprete
   hand (benchlib.naive_slice); batches remapped by lookup.
 
 Cases: folders (packaged fixtures) e5 and MiniLM sequence classification (5 BBC News classes)
-and SmolLM2 causal LM; large-vocabulary causal LMs built from configs (Gemma-3-270m and
-Qwen3-0.6B shapes, as gpu_memory.py), fed BBC News ids from the e5 tokenizer
-(benchmarks/data/bbc_e5_ids.npz; an id >= the vocabulary enters as id % vocab_size, Qwen3).
-The kept vocabulary: every id BBC News uses at the case's length (folders), or in the whole id
-file (config shapes), plus the specials.
+and SmolLM2 causal LM (the articles packed into rows of the case's length); large-vocabulary
+causal LMs built from configs (Gemma-3-270m and Qwen3-0.6B shapes, as gpu_memory.py), fed BBC
+News ids from the e5 tokenizer (benchmarks/data/bbc_e5_ids.npz; an id >= the vocabulary enters
+as id % vocab_size, Qwen3). The kept vocabulary: every id BBC News uses at the case's length
+(classification), in the whole corpus (causal LMs), plus the specials.
 
 Per run: median step time after the warm-up, peak RSS (VmHWM), bytes of weights + gradients +
 optimizer states after the first step, load time, the load average at start and end (and
@@ -54,6 +54,12 @@ import benchlib as bl  # noqa: E402
 
 RESULTS = HERE / "results"
 METHODS = ("full", "pruned", "oracle", "peft_tt", "naive")
+# Variants of vocabprune, run where a case asks for them (Case.extra):
+# - pruned_kept_ids: ids="kept", the batches remapped to kept ids by a table lookup beforehand
+#   (the data-side remap): against "pruned" it prices the in-model lookup of original ids;
+# - pruned_chunked: vp.chunked_loss, the causal-LM loss computed over the kept columns in tiles
+#   (the [tokens x kept] logits never all held); records |chunked - unchunked loss| too.
+VARIANTS = ("pruned_kept_ids", "pruned_chunked")
 # The run fields the summary compares (lower is better for all), and their labels.
 METRICS = {
     "median_step_seconds": "median step s",
@@ -71,19 +77,25 @@ class Case:
     task: str  # "classify" or "causal"
     max_length: int
     batch_size: int
+    methods: tuple[str, ...] = METHODS
 
 
+CHUNK = ("pruned", "pruned_chunked", "oracle")
 CASES: dict[str, Case] = {
-    "e5_128": Case("e5", "classify", 128, 16),
+    "e5_128": Case("e5", "classify", 128, 16, (*METHODS, "pruned_kept_ids")),
     "e5_512": Case("e5", "classify", 512, 4),
     "minilm_128": Case("minilm", "classify", 128, 16),
-    "smollm2_256": Case("smollm2", "causal", 256, 8),
+    "smollm2_256": Case("smollm2", "causal", 256, 8, (*METHODS, "pruned_kept_ids")),
     "gemma3_256": Case("gemma3-270m", "causal", 256, 4),
-    "gemma3_1024": Case("gemma3-270m", "causal", 1024, 1),
+    "gemma3_1024": Case("gemma3-270m", "causal", 1024, 1, (*METHODS, "pruned_chunked")),
     "qwen3_256": Case("qwen3-0.6b", "causal", 256, 4),
     "qwen3_1024": Case("qwen3-0.6b", "causal", 1024, 1),
+    # The logits' memory: chunked against unchunked loss at long sequences.
+    "smollm2_1024": Case("smollm2", "causal", 1024, 1, CHUNK),
+    "smollm2_4x1024": Case("smollm2", "causal", 1024, 4, CHUNK),
+    "gemma3_4x1024": Case("gemma3-270m", "causal", 1024, 4, CHUNK),
     # Smoke runs only.
-    "tiny_gemma3": Case("gemma3-tiny", "causal", 32, 2),
+    "tiny_gemma3": Case("gemma3-tiny", "causal", 32, 2, (*METHODS, *VARIANTS)),
     "tiny_qwen3": Case("qwen3-tiny", "causal", 32, 2),
 }
 REAL_CASES = tuple(c for c in CASES if not c.startswith("tiny_"))
@@ -101,18 +113,22 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     """Prepare the data, load or build the model for one method, train and measure."""
     import torch
 
+    import vocabprune as vp
+
     loadavg_start = bl.load_average()
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
-    case = Case(**spec["case"])
+    case = Case(**{**spec["case"], "methods": tuple(spec["case"]["methods"])})
     method = spec["method"]
+    if "pruned_chunked" in case.methods:  # every method of the case pays the same imports
+        import trl.trainer.utils  # noqa: F401
     count = spec["warmup"] + spec["steps"]
     if case.model in FOLDERS:
         batches, kept, load = _folder_case(case, spec["path"], count)
     else:
         batches, kept, load = _shape_case(case, count)
-    if method in ("oracle", "naive"):  # plain models with only the kept rows read kept ids
+    if method in ("oracle", "naive", "pruned_kept_ids"):  # these models read kept ids
         for b in batches:
             for key in ("input_ids", "labels") if case.task == "causal" else ("input_ids",):
                 b[key] = bl.lookup(kept, b[key])
@@ -128,11 +144,16 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         model = bl.peft_trainable_tokens(model, kept.kept_ids)
     elif method == "naive":
         model = bl.naive_slice(model, kept)
+    elif method == "pruned_chunked":
+        vp.chunked_loss(model)
     load_s = time.perf_counter() - t0
     rss_after_load = bl.rss_now_bytes()
     model.to(device)
     run = bl.train_steps(model, batches, spec["steps"], warmup=spec["warmup"])
+    peak_rss = bl.peak_rss_bytes()  # before the loss check below runs its extra forwards
     state = run.pop("bytes")
+    if method == "pruned_chunked":
+        run["chunked_loss_abs_diff"] = _chunked_loss_diff(model, batches[0], device)
     run.update(
         method=method,
         kept_ids=kept.size,
@@ -141,7 +162,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         load_seconds=round(load_s, 3),
         rss_before_model_bytes=rss_before,
         rss_after_load_bytes=rss_after_load,
-        peak_rss_bytes=bl.peak_rss_bytes(),
+        peak_rss_bytes=peak_rss,
         state_bytes=state,
         state_bytes_total=state["total"],
         loadavg_start=loadavg_start,
@@ -152,6 +173,18 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     if cuda:
         run["cuda_max_memory_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
     return run
+
+
+def _chunked_loss_diff(model: Any, batch: dict[str, Any], device: Any) -> float:
+    """|chunked - unchunked loss| on one batch, the same weights (no gradients kept)."""
+    import torch
+
+    batch = {k: v.to(device) for k, v in batch.items()}
+    model.train()
+    with torch.no_grad():
+        chunked = model(**batch, fused_lm_head=True).loss
+        plain = model(**batch, fused_lm_head=False).loss
+    return abs(float(chunked) - float(plain))
 
 
 def _folder_case(case: Case, path: str, count: int) -> tuple[list[dict], Any, Any]:
@@ -183,18 +216,20 @@ def _folder_case(case: Case, path: str, count: int) -> tuple[list[dict], Any, An
         counts = vp.count_texts(
             tokenizer, texts, max_length=length, vocab_size=config.vocab_size, progress=False
         )
-    else:  # causal LM: rows of exactly `length` tokens (as lm_train_speed.py), labels = inputs
+    else:  # causal LM: the articles packed one after another (eos between), cut into rows
+        import numpy as np
+
         auto, kwargs = AutoModelForCausalLM, {}
-        enc = tokenizer(texts, truncation=True, max_length=length)["input_ids"]
-        full_rows = [ids for ids in enc if len(ids) == length]
-        if len(full_rows) < batch * count:
-            raise RuntimeError(f"only {len(full_rows)} BBC texts reach {length} tokens")
+        config = AutoConfig.from_pretrained(path)
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        enc = [ids + eos for ids in tokenizer(texts)["input_ids"]]
+        stream = np.concatenate([np.asarray(ids, dtype=np.int64) for ids in enc])
+        rows = torch.as_tensor(bl.packed_rows(stream, batch * count, length))
         batches = []
         for i in range(count):
-            ids = torch.tensor(full_rows[i * batch : (i + 1) * batch])
+            ids = rows[i * batch : (i + 1) * batch]
             batches.append({"input_ids": ids, "labels": ids.clone()})
-        config = AutoConfig.from_pretrained(path)
-        counts = vp.count_token_ids(enc, config.vocab_size)
+        counts = vp.count_token_ids(enc, config.vocab_size)  # the whole corpus
     kept = vp.KeptVocab.from_counts(
         counts,
         tokenizer=tokenizer,
@@ -203,9 +238,9 @@ def _folder_case(case: Case, path: str, count: int) -> tuple[list[dict], Any, An
     )
 
     def load(method: str) -> Any:
-        if method == "pruned":
-            model = vp.load_pruned(auto, path, kept, **kwargs)
-            return model
+        if method.startswith("pruned"):
+            ids = "kept" if method == "pruned_kept_ids" else "original"
+            return vp.load_pruned(auto, path, kept, ids=ids, **kwargs)
         if method == "oracle":
             return auto.from_config(bl.oracle_config(config, kept))
         return auto.from_pretrained(path, **kwargs)
@@ -234,8 +269,8 @@ def _shape_case(case: Case, count: int) -> tuple[list[dict], Any, Any]:
         if method == "oracle":
             return bl.build_model(bl.build_config(shape, kept=kept), shape.model_class)
         model = bl.build_model(config, shape.model_class)
-        if method == "pruned":
-            vp.prune(model, kept)
+        if method.startswith("pruned"):
+            vp.prune(model, kept, ids="kept" if method == "pruned_kept_ids" else "original")
         return model
 
     return batches, kept, load
@@ -251,7 +286,7 @@ def compare(name: str, case: Case, args: argparse.Namespace) -> dict[str, Any]:
         import vocabprune.fixtures as fx
 
         path = str(getattr(fx, FOLDERS[case.model])())  # converted once, before any timing
-    methods = [m for m in args.methods.split(",") if m]
+    methods = [m for m in (args.methods or ",".join(case.methods)).split(",") if m]
     spec = {
         "case": asdict(case),
         "path": path,
@@ -356,11 +391,40 @@ def markdown_table(result: dict[str, Any]) -> list[str]:
             f"{rss.get('vs_oracle', '–')} | {_f((state.get('median') or 0) / 2**20, ',.0f')} | "
             f"{_f(state.get('over_oracle'))} |"
         )
-    return lines
+    return lines + _variant_lines(result)
+
+
+def _variant_lines(result: dict[str, Any]) -> list[str]:
+    """The vocabprune variants against vocabprune itself (ratio of medians, verdict)."""
+    lines = []
+    for method in VARIANTS:
+        entry = result.get("summary", {}).get(method, {})
+        step, rss = entry.get("median_step_seconds"), entry.get("peak_rss_bytes")
+        if not step or not rss:
+            continue
+        text = (
+            f"{_label(method)} / vocabprune: step time {_f(step.get('over_pruned'))} "
+            f"({step.get('vs_pruned')}), peak RSS {_f(rss.get('over_pruned'))} "
+            f"({rss.get('vs_pruned')})"
+        )
+        diffs = [
+            r["chunked_loss_abs_diff"]
+            for r in result["runs"].get(method, [])
+            if "chunked_loss_abs_diff" in r
+        ]
+        if diffs:
+            text += f"; |chunked - unchunked loss| at most {max(diffs):.2e}"
+        lines.append(f"- {text}.")
+    return ["", *lines] if lines else []
 
 
 def _label(method: str) -> str:
-    return {"pruned": "**vocabprune**", "peft_tt": "PEFT TrainableTokens"}.get(method, method)
+    return {
+        "pruned": "**vocabprune**",
+        "pruned_kept_ids": "vocabprune, ids remapped in the data",
+        "pruned_chunked": "vocabprune + chunked loss",
+        "peft_tt": "PEFT TrainableTokens",
+    }.get(method, method)
 
 
 def _f(x: Any, fmt: str = ".3f") -> str:
@@ -378,7 +442,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--case", default="all", help="comma-separated case names, or all")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument(
+        "--methods",
+        help=f"comma-separated, of {', '.join((*METHODS, *VARIANTS))} (default: the case's)",
+    )
     p.add_argument("--reps", type=int, default=3, help="repetitions of every method")
     p.add_argument("--steps", type=int, default=3, help="timed steps per run")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")

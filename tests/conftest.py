@@ -6,6 +6,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on two cores:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread each (and in their subprocesses)
 
 import pytest  # noqa: E402
 

@@ -1,11 +1,12 @@
-"""One sharded run per launch (torchrun, 2 processes, gloo on CPU): the same tiny BERT trained
-unpruned and pruned, sharded with FSDP2 (`fully_shard`) or DeepSpeed ZeRO-2 / ZeRO-3, then its
-full state dict gathered (the pruned one is full-vocabulary: vocabprune's hooks expand it).
+"""Sharded runs (torchrun, 2 processes, gloo on CPU): the same tiny BERT trained unpruned and
+pruned, sharded with FSDP2 (`fully_shard`) or DeepSpeed ZeRO-2 / ZeRO-3, then its full state dict
+gathered (the pruned one is full-vocabulary: vocabprune's hooks expand it).
 
-    torchrun --nproc_per_node 2 tests/sharded_train.py fsdp2|zero2|zero3 OUT_DIR
+    torchrun --nproc_per_node 2 tests/sharded_train.py fsdp2|zero2,zero3 OUT_DIR
 
-Rank 0 writes OUT_DIR/{full,pruned}.safetensors, OUT_DIR/pruned/ (a from_pretrained folder of the
-pruned run, for fsdp2) and OUT_DIR/report.json (what was refused, and how).
+Several DeepSpeed stages share one launch (one process group). For each MODE, rank 0 writes
+OUT_DIR/MODE/{full,pruned}.safetensors, OUT_DIR/MODE/pruned/ (a from_pretrained folder of the
+pruned run, for fsdp2) and OUT_DIR/MODE/report.json (what was refused, and how).
 """
 
 from __future__ import annotations
@@ -97,15 +98,8 @@ def train_zero(model, rank: int, stage: int, refusals: dict) -> dict:
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def main() -> None:
-    mode, out = sys.argv[1], Path(sys.argv[2])
-    if mode.startswith("zero"):
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        import deepspeed
-
-        deepspeed.init_distributed(dist_backend="gloo")
-    else:
-        dist.init_process_group("gloo")
+def run(mode: str, out: Path) -> None:
+    """Train unpruned then pruned under `mode`; rank 0 writes the gathered state dicts."""
     rank = dist.get_rank()
     report: dict = {"mode": mode, "world_size": dist.get_world_size(), "refusals": {}}
     for variant in ("full", "pruned"):
@@ -117,6 +111,7 @@ def main() -> None:
         else:
             sd = train_zero(model, rank, int(mode[-1]), report["refusals"])
         if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
             save_file(
                 {k: v.contiguous() for k, v in sd.items()}, str(out / f"{variant}.safetensors")
             )
@@ -129,6 +124,19 @@ def main() -> None:
     if rank == 0:
         (out / "report.json").write_text(json.dumps(report, indent=2))
     dist.barrier()
+
+
+def main() -> None:
+    modes, out = sys.argv[1].split(","), Path(sys.argv[2])
+    if any(m.startswith("zero") for m in modes):
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo")
+    else:
+        dist.init_process_group("gloo")
+    for mode in modes:
+        run(mode, out / mode)
     dist.destroy_process_group()
 
 

@@ -286,7 +286,11 @@ def test_an_interrupted_finetune_leaves_nothing_behind(tmp_path, signum):
     assert any("trainer" in p.name for p in tmp_path.iterdir()), "training never started"
     proc.send_signal(getattr(signal, signum))
     _, err = proc.communicate(timeout=240)
-    assert proc.returncode == 128 + getattr(signal, signum), err[-1000:]
+    number = getattr(signal, signum)
+    # 128 + the signal, as main returns it; or, rarely, death by SIGINT itself: CPython re-raises
+    # SIGINT at exit when a KeyboardInterrupt passed through code it ran on its own (its own
+    # convention; a shell reports 130 either way). Either way the clean-up below has run.
+    assert proc.returncode in (128 + number, -number), err[-1000:]
     assert f"interrupted ({signum})" in err
     assert list(tmp_path.iterdir()) == []
 
