@@ -81,15 +81,18 @@ class Case:
 
 
 CHUNK = ("pruned", "pruned_chunked", "oracle")
+# Models built from configs: the naive slice of a random model is the oracle's tensors plus a
+# moment of both matrices; the issue's comparison is full / vocabprune / oracle / PEFT.
+SHAPE = ("full", "pruned", "oracle", "peft_tt")
 CASES: dict[str, Case] = {
     "e5_128": Case("e5", "classify", 128, 16, (*METHODS, "pruned_kept_ids")),
     "e5_512": Case("e5", "classify", 512, 4),
     "minilm_128": Case("minilm", "classify", 128, 16),
     "smollm2_256": Case("smollm2", "causal", 256, 8, (*METHODS, "pruned_kept_ids")),
-    "gemma3_256": Case("gemma3-270m", "causal", 256, 4),
-    "gemma3_1024": Case("gemma3-270m", "causal", 1024, 1, (*METHODS, "pruned_chunked")),
-    "qwen3_256": Case("qwen3-0.6b", "causal", 256, 4),
-    "qwen3_1024": Case("qwen3-0.6b", "causal", 1024, 1),
+    "gemma3_256": Case("gemma3-270m", "causal", 256, 4, SHAPE),
+    "gemma3_1024": Case("gemma3-270m", "causal", 1024, 1, (*SHAPE, "pruned_chunked")),
+    "qwen3_256": Case("qwen3-0.6b", "causal", 256, 4, SHAPE),
+    "qwen3_1024": Case("qwen3-0.6b", "causal", 1024, 1, SHAPE),
     # The logits' memory: chunked against unchunked loss at long sequences.
     "smollm2_1024": Case("smollm2", "causal", 1024, 1, CHUNK),
     "smollm2_4x1024": Case("smollm2", "causal", 1024, 4, CHUNK),
