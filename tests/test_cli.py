@@ -279,6 +279,9 @@ def test_an_interrupted_finetune_leaves_nothing_behind(tmp_path, signum):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell's background job inherits SIGINT ignored, and Python keeps it so (as it
+        # should); the child of this test gets the default, as at a terminal.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 240
     while time.time() < deadline and not any("trainer" in p.name for p in tmp_path.iterdir()):

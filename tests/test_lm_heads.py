@@ -173,24 +173,9 @@ def build(name: str, seed: int = 0) -> LM:
         )
         model = AutoModelForCausalLM.from_config(cfg)
         return LM(name, "causal", model.eval(), name == "qwen3", (13, 14))
-    if name == "gemma3":  # copies config.vocab_size to a module attribute, its loss reads it
-        cfg = Gemma3TextConfig(
-            vocab_size=V,
-            hidden_size=H,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=1,
-            head_dim=8,
-            max_position_embeddings=128,
-            bos_token_id=2,
-            eos_token_id=1,
-            pad_token_id=0,
-        )
-        model = AutoModelForCausalLM.from_config(cfg)
-        return LM(name, "causal", model.eval(), True, (0, 1, 2))
-    if name == "gemma":
-        cfg = GemmaConfig(
+    if name in ("gemma3", "gemma"):  # Gemma3 copies config.vocab_size to a module attribute
+        config_class = Gemma3TextConfig if name == "gemma3" else GemmaConfig
+        cfg = config_class(
             vocab_size=V,
             hidden_size=H,
             intermediate_size=64,

@@ -55,21 +55,8 @@ def _pairs(paths: list[str], text_column: str | None) -> Examples:
 
 def _trainer(opts: FinetuneOptions, model: Any, train: Any, scratch: str, log: Any) -> Any:
     st, losses, _ = _imports()
-    args = st.SentenceTransformerTrainingArguments(
-        output_dir=scratch,
-        per_device_train_batch_size=opts.batch_size,
-        num_train_epochs=opts.epochs,
-        max_steps=opts.max_steps,
-        learning_rate=opts.lr,
-        weight_decay=opts.weight_decay,
-        seed=opts.seed,
-        save_strategy="no",
-        report_to="none",
-        logging_steps=opts.logging_steps,
-        disable_tqdm=log is None,
-        dataloader_pin_memory=False,
-        **opts.extra_training_args,
-    )
+    common = steps.training_kwargs(opts, scratch, log=log) | {"save_strategy": "no"}
+    args = st.SentenceTransformerTrainingArguments(**common, **opts.extra_training_args)
     from vocabprune.train.callback import VocabPruneCallback
 
     return st.SentenceTransformerTrainer(

@@ -216,13 +216,11 @@ def trainer_scratch(out: Path) -> contextlib.AbstractContextManager[Path]:
     return scratch_dir(out, "trainer")
 
 
-def training_args(opts: FinetuneOptions, output_dir: str, *, log: Any, **task_args: Any) -> Any:
-    """TrainingArguments of every task; task_args and --extra training args are added (a key
-    given twice is an error, as in a plain call)."""
+def training_kwargs(opts: FinetuneOptions, output_dir: str, *, log: Any) -> dict[str, Any]:
+    """The TrainingArguments every front-end shares (stock and sentence-transformers)."""
     import torch
-    from transformers import TrainingArguments
 
-    return TrainingArguments(
+    return dict(
         output_dir=output_dir,
         per_device_train_batch_size=opts.batch_size,
         num_train_epochs=opts.epochs,
@@ -238,9 +236,16 @@ def training_args(opts: FinetuneOptions, output_dir: str, *, log: Any, **task_ar
         disable_tqdm=log is None,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
-        **task_args,
-        **opts.extra_training_args,
     )
+
+
+def training_args(opts: FinetuneOptions, output_dir: str, *, log: Any, **task_args: Any) -> Any:
+    """TrainingArguments of every task; task_args and --extra training args are added (a key
+    given twice is an error, as in a plain call)."""
+    from transformers import TrainingArguments
+
+    common = training_kwargs(opts, output_dir, log=log)
+    return TrainingArguments(**common, **task_args, **opts.extra_training_args)
 
 
 def train(
