@@ -1,12 +1,16 @@
-"""The training loss of a pruned causal LM in chunks: the [tokens x kept] logits are never all
-materialized. Long sequences make the logits and their gradient a large part of a pruned step's
-peak memory even over the kept columns; computing the cross-entropy tile by tile from the hidden
-states and the head weight (forward and recomputed backward) removes them.
+"""The training loss of a pruned causal LM in tiles, through TRL's fused LM-head kernel.
 
-The chunked kernel and its model integration are TRL's (`trl.trainer.utils.add_fused_lm_head`,
-pure torch off Triton devices, so it runs on CPUs too): with the head pruned, the tiles span the
-kept columns and the labels are the kept ids the pruned model's own hook produced. The loss equals
-the unchunked one (the kept-vocabulary cross-entropy) to float rounding.
+Long sequences make the logits and their gradient a large part of a pruned step's peak memory even
+over the kept columns; the kernel computes the cross-entropy tile by tile from the hidden states
+and the head weight (forward and recomputed backward). Its tiles are 4,096 tokens x 32,768
+columns, so a pruned head fits one tile: below 4,096 tokens per step the logits are still
+materialized once, and on CPU (no Triton) its torch fallback adds tile-sized temporaries; the
+measured peak there is higher, not lower (benchmarks/README.md). It is for GPUs and long steps.
+
+The kernel and its model integration are TRL's (`trl.trainer.utils.add_fused_lm_head`): with the
+head pruned, the tiles span the kept columns and the labels are the kept ids the pruned model's
+own hook produced. The loss equals the unchunked one (the kept-vocabulary cross-entropy) to float
+rounding.
 
     vp.prune(model, kept)
     vp.chunked_loss(model)        # while training with labels; generate() etc. are unchanged
