@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint style docs bench fuzz clean
+.PHONY: install demo test lint style docs bench bench-oracle fuzz clean
 
 $(STAMP): pyproject.toml requirements-fixtures.txt
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ fuzz: install
 
 bench: install
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/run.py
+
+# Training against the oracle (train_compare.py, every case, 3 interleaved repetitions): hours
+# on 2 CPU cores, so apart from `make bench`; it redraws the tables like `make bench`.
+bench-oracle: install
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/run.py --only train_compare --reps 3
 
 clean:
 	rm -rf $(VENV) runs build site *.egg-info src/*.egg-info

@@ -556,11 +556,19 @@ def load_ids(path: str | os.PathLike[str] = IDS_FILE) -> tuple[np.ndarray, np.nd
         return data["ids"].astype(np.int64), data["offsets"], json.loads(str(data["meta"]))
 
 
-def corpus_ids(flat: np.ndarray, vocab_size: int, corpus_tokens: int | None = None) -> np.ndarray:
+def corpus_ids(
+    flat: np.ndarray,
+    vocab_size: int,
+    corpus_tokens: int | None = None,
+    *,
+    pad_id: int | None = None,
+) -> np.ndarray:
     """The data a shape trains on: e5 ids (the first `corpus_tokens`), mapped into the model's
-    vocabulary by `id % vocab_size` (only ids >= vocab_size change: Qwen3's 151,936 < e5's)."""
-    data = flat if corpus_tokens is None else flat[:corpus_tokens]
-    return data % vocab_size
+    vocabulary by `id % vocab_size` (only ids >= vocab_size change: Qwen3's 151,936 < e5's).
+    Ids equal to the model's pad id are dropped: e5's <s> is 0, Gemma's padding row, whose zero
+    embedding makes a Gemma-3 step's gradients NaN (unmasked padding inside packed text)."""
+    data = (flat if corpus_tokens is None else flat[:corpus_tokens]) % vocab_size
+    return data if pad_id is None else data[data != pad_id]
 
 
 def packed_rows(data: np.ndarray, rows: int, length: int) -> np.ndarray:

@@ -100,8 +100,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     dtype = torch.bfloat16 if spec["precision"] == "bf16" else torch.float32
     vocab = shape.vocab_size
     flat, _, _ = bl.load_ids(spec["ids"])
-    data = bl.corpus_ids(flat, vocab, shape.corpus_tokens)
     config = bl.build_config(shape)
+    data = bl.corpus_ids(flat, vocab, shape.corpus_tokens, pad_id=config.pad_token_id)
     kept = bl.kept_vocab(data, vocab, config)
     count = spec["warmup"] + spec["steps"]
     rows = torch.as_tensor(bl.packed_rows(data, batch * count, length))

@@ -632,16 +632,42 @@ def _gpu_name(result: dict[str, Any]) -> str:
     return ", ".join(sorted(names)) or f"{result.get('machine', {}).get('cpus', '?')} CPUs"
 
 
+def fuzz_section(results: Path) -> list[str]:
+    """`make fuzz`'s counts (results/fuzz.json): what was tried and what went wrong."""
+    path = results / "fuzz.json"
+    if not path.is_file():
+        return []
+    c = json.loads(path.read_text())
+    other = sum(v for k, v in c.items() if k.startswith("exit_") and k not in ("exit_0", "exit_2"))
+    return [
+        "### Fuzzing the command line and its files (`make fuzz`)",
+        "",
+        "| examples per test | runs | CLI exit 0 | CLI exit 2 | other exits | tracebacks "
+        "| leftovers |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {c.get('examples_per_test', '–')} | {c.get('runs', 0):,} | {c.get('exit_0', 0):,} | "
+        f"{c.get('exit_2', 0):,} | {other:,} | {c.get('tracebacks', 0):,} | "
+        f"{c.get('leftovers', 0):,} |",
+        "",
+        "Runs: CLI command lines with odd options and corrupt or odd data and kept-vocabulary "
+        "files (these have an exit status), plus corrupt export manifests and kept vocabularies "
+        "read through the API (tests/test_fuzz.py). Tracebacks and leftovers must be 0: any one "
+        "fails the run.",
+        "",
+    ]
+
+
 def inference_section(results: Path) -> list[str]:
-    """inference.py's result (as run.py recorded it, else its own file) as a table."""
+    """inference.py's newest result (as run.py recorded it, or its own file) as a table."""
     import inference
 
-    record = results / "script_inference.json"
-    result = None
-    if record.is_file():
-        result = json.loads(record.read_text()).get("result")
-    if not isinstance(result, dict) and (results / "inference.json").is_file():
-        result = json.loads((results / "inference.json").read_text())
+    found = []  # both files hold the same result; the newer one wins
+    for path in (results / "script_inference.json", results / "inference.json"):
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        data = data["result"] if isinstance(data.get("result"), dict) else data
+        if isinstance(data, dict) and "date" in data:
+            found.append(data)
+    result = max(found, key=lambda r: r["date"], default=None)
     if not isinstance(result, dict) or "models" not in result:
         return []
     return [
@@ -768,6 +794,7 @@ def write_readme(results: Path = RESULTS, readme: Path = README) -> None:
     block += gpu_memory_section(results)
     block += train_compare_section(results)
     block += inference_section(results)
+    block += fuzz_section(results)
     if scripts:
         block += ["### Other benchmarks", "", *scripts_table(scripts), ""]
     block.append(TABLE_END)

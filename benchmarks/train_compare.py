@@ -259,8 +259,8 @@ def _shape_case(case: Case, count: int) -> tuple[list[dict], Any, Any]:
 
     shape = bl.SHAPES[case.model]
     flat, _, _ = bl.load_ids()
-    data = bl.corpus_ids(flat, shape.vocab_size, shape.corpus_tokens)
     config = bl.build_config(shape)
+    data = bl.corpus_ids(flat, shape.vocab_size, shape.corpus_tokens, pad_id=config.pad_token_id)
     kept = bl.kept_vocab(data, shape.vocab_size, config)
     rows = torch.as_tensor(bl.packed_rows(data, case.batch_size * count, case.max_length))
     batches = []
