@@ -152,17 +152,21 @@ def size_changes(
 
 
 def config_vocab_change(model: nn.Module, old: int, new: int) -> list[AttrChange]:
-    """config.vocab_size, when it describes the rows that change, and the copies of it modules
-    keep (Gemma 2/3, Mixtral and others copy it at construction and reshape their loss by it)."""
-    changes = []
+    """config.vocab_size, when it describes the rows that change."""
     config = getattr(model, "config", None)
     if config is not None and getattr(config, "vocab_size", None) == old:
-        changes.append(AttrChange(config, "vocab_size", old, new))
-    for module in model.modules():
-        value = module.__dict__.get("vocab_size")
-        if isinstance(value, int) and not isinstance(value, bool) and value == old:
-            changes.append(AttrChange(module, "vocab_size", old, new))
-    return changes
+        return [AttrChange(config, "vocab_size", old, new)]
+    return []
+
+
+def module_vocab_changes(model: nn.Module, old: int, new: int) -> list[AttrChange]:
+    """The copies of config.vocab_size that modules keep (Gemma 2/3, Mixtral and others copy it
+    at construction and reshape their loss by it)."""
+    return [
+        AttrChange(module, "vocab_size", old, new)
+        for module in model.modules()
+        if type(value := module.__dict__.get("vocab_size")) is int and value == old
+    ]
 
 
 def _padding_changes(tensors: Iterable[PrunedTensor], kept: KeptVocab) -> list[AttrChange]:
@@ -275,9 +279,8 @@ def plan(
     module_changes += _padding_changes(tensors, kept)
     config_changes: list[AttrChange] = []
     if output_pruned or output_head(model) is None:  # config.vocab_size describes the live rows
-        for change in config_vocab_change(model, kept.vocab_size, kept.size):
-            is_module = isinstance(change.obj, nn.Module)
-            (module_changes if is_module else config_changes).append(change)
+        module_changes += module_vocab_changes(model, kept.vocab_size, kept.size)
+        config_changes += config_vocab_change(model, kept.vocab_size, kept.size)
         gen = getattr(model, "generation_config", None)
         if gen is not None and getattr(gen, "vocab_size", None) == kept.vocab_size:
             config_changes.append(AttrChange(gen, "vocab_size", kept.vocab_size, kept.size))
@@ -342,7 +345,8 @@ def resize(model: nn.Module, tensors: list[PrunedTensor], values: list[torch.Ten
         tensor.set(
             nn.Parameter(value, requires_grad=live.requires_grad) if tensor.is_parameter else value
         )
-    for change in size_changes(model, tensors, old, new) + config_vocab_change(model, old, new):
+    changes = size_changes(model, tensors, old, new) + module_vocab_changes(model, old, new)
+    for change in changes + config_vocab_change(model, old, new):
         change.apply()
 
 
