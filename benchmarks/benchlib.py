@@ -90,6 +90,18 @@ def load_average() -> list[float]:
         return []
 
 
+def start_child(spec: dict[str, Any]) -> list[float]:
+    """What every measured child does first: the thread count asked for, a fixed seed; returns
+    the load average at its start."""
+    import torch
+
+    loadavg = load_average()
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    return loadavg
+
+
 def machine_info() -> dict[str, Any]:
     """Where the numbers come from (package versions without importing them)."""
     info: dict[str, Any] = {

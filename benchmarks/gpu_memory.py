@@ -90,10 +90,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
     import vocabprune as vp
 
-    loadavg_start = bl.load_average()
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
-    torch.manual_seed(0)
+    loadavg_start = bl.start_child(spec)
     shape = bl.SHAPES[spec["shape"]]
     method, batch, length = spec["method"], spec["batch"], spec["length"]
     device = torch.device(spec["device"])

@@ -118,10 +118,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
     import vocabprune as vp
 
-    loadavg_start = bl.load_average()
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
-    torch.manual_seed(0)
+    loadavg_start = bl.start_child(spec)
     case = Case(**{**spec["case"], "methods": tuple(spec["case"]["methods"])})
     method = spec["method"]
     if "pruned_chunked" in case.methods:  # every method of the case pays the same imports
