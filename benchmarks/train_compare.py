@@ -121,8 +121,6 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     loadavg_start = bl.start_child(spec)
     case = Case(**{**spec["case"], "methods": tuple(spec["case"]["methods"])})
     method = spec["method"]
-    if "pruned_chunked" in case.methods:  # every method of the case pays the same imports
-        import trl.trainer.utils  # noqa: F401
     count = spec["warmup"] + spec["steps"]
     if case.model in FOLDERS:
         batches, kept, load = _folder_case(case, spec["path"], count)
@@ -181,9 +179,9 @@ def _chunked_loss_diff(model: Any, batch: dict[str, Any], device: Any) -> float:
 
     batch = {k: v.to(device) for k, v in batch.items()}
     model.train()
-    with torch.no_grad():
-        chunked = model(**batch, fused_lm_head=True).loss
-        plain = model(**batch, fused_lm_head=False).loss
+    chunked = model(**batch).loss.detach()  # training with labels: the tiled loss
+    with torch.no_grad():  # no gradients: the model's own forward and loss
+        plain = model(**batch).loss
     return abs(float(chunked) - float(plain))
 
 

@@ -167,8 +167,8 @@ def _add_finetune(sub: Any) -> None:
     ft.add_argument(
         "--chunked-loss",
         action="store_true",
-        help="causal-lm: compute the loss over the kept columns in tiles with TRL's fused "
-        "LM-head kernel (needs trl; for GPUs: on CPU it raises the peak memory)",
+        help="causal-lm: compute the loss over the kept columns in tiles of tokens, so the "
+        "[tokens x kept] logits are never held whole (lower peak memory on long steps)",
     )
     ft.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     ft.add_argument("--save-steps", type=int, metavar="N", help="write a checkpoint every N steps")
