@@ -151,7 +151,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     peak_rss = bl.peak_rss_bytes()  # before the loss check below runs its extra forwards
     state = run.pop("bytes")
     if method == "pruned_chunked":
-        run["chunked_loss_abs_diff"] = _chunked_loss_diff(model, batches[0], device)
+        run.update(_chunked_loss_diff(model, batches[0], device))
     run.update(
         method=method,
         kept_ids=kept.size,
@@ -173,16 +173,36 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     return run
 
 
-def _chunked_loss_diff(model: Any, batch: dict[str, Any], device: Any) -> float:
-    """|chunked - unchunked loss| on one batch, the same weights (no gradients kept)."""
+def _chunked_loss_diff(model: Any, batch: dict[str, Any], device: Any) -> dict[str, float]:
+    """|chunked - unchunked loss| on one batch, the same weights, and each one's distance from
+    the loss computed in float64 from the same hidden states (which of the two is rounding)."""
     import torch
+
+    import vocabprune as vp
 
     batch = {k: v.to(device) for k, v in batch.items()}
     model.train()
-    chunked = model(**batch).loss.detach()  # training with labels: the tiled loss
+    chunked = float(model(**batch).loss.detach())  # training with labels: the tiled loss
     with torch.no_grad():  # no gradients: the model's own forward and loss
-        plain = model(**batch).loss
-    return abs(float(chunked) - float(plain))
+        plain = float(model(**batch).loss)
+        hidden = model.base_model(input_ids=batch["input_ids"]).last_hidden_state[:, :-1]
+        columns = vp.column_ids(model).to(device)
+        table = torch.full((int(columns.max()) + 1,), -100, dtype=torch.long, device=device)
+        table[columns] = torch.arange(columns.numel(), device=device)
+        labels = batch["labels"][:, 1:]
+        targets = torch.where(labels < 0, -100, table[labels.clamp(min=0)])
+        logits = hidden.double() @ model.get_output_embeddings().weight.double().t()
+        cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+        if cap is not None:
+            logits = cap * torch.tanh(logits / cap)
+        reference = float(
+            torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        )
+    return {
+        "chunked_loss_abs_diff": abs(chunked - plain),
+        "chunked_loss_float64_diff": abs(chunked - reference),
+        "plain_loss_float64_diff": abs(plain - reference),
+    }
 
 
 def _folder_case(case: Case, path: str, count: int) -> tuple[list[dict], Any, Any]:
@@ -405,13 +425,15 @@ def _variant_lines(result: dict[str, Any]) -> list[str]:
             f"({step.get('vs_pruned')}), peak RSS {_f(rss.get('over_pruned'))} "
             f"({rss.get('vs_pruned')})"
         )
-        diffs = [
-            r["chunked_loss_abs_diff"]
-            for r in result["runs"].get(method, [])
-            if "chunked_loss_abs_diff" in r
-        ]
+        runs = result["runs"].get(method, [])
+        diffs = [r["chunked_loss_abs_diff"] for r in runs if "chunked_loss_abs_diff" in r]
         if diffs:
             text += f"; |chunked - unchunked loss| at most {max(diffs):.2e}"
+        exact = [r for r in runs if "chunked_loss_float64_diff" in r]
+        if exact:
+            chunk = max(r["chunked_loss_float64_diff"] for r in exact)
+            plain = max(r["plain_loss_float64_diff"] for r in exact)
+            text += f" (from the float64 loss: chunked {chunk:.1e}, unchunked {plain:.1e})"
         lines.append(f"- {text}.")
     return ["", *lines] if lines else []
 
