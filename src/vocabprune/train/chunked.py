@@ -136,16 +136,17 @@ def _weights(head: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 def _check_head(owner: nn.Module, state: PrunedState, head: tuple[float, float | None]) -> None:
     """Refuse a model whose logits are not what the tiles compute from its last hidden states."""
+    linear = _plain_head(owner)
     kept = state.kept.kept_ids[: min(4, state.kept.size)]
     ids = kept if state.ids == "original" else range(len(kept))
-    probe = torch.as_tensor([list(ids)], dtype=torch.long, device=_plain_head(owner).weight.device)
+    probe = torch.as_tensor([list(ids)], dtype=torch.long, device=linear.weight.device)
     was_training = owner.training
     owner.eval()
     try:
         with torch.no_grad():
             want = type(owner).forward(owner, input_ids=probe, use_cache=False).logits.float()
             hidden = owner.base_model(input_ids=probe, use_cache=False).last_hidden_state
-            got = tile_logits(hidden[0], *_weights(_plain_head(owner)), *head)
+            got = tile_logits(hidden[0], *_weights(linear), *head)
     finally:
         owner.train(was_training)
     tol = 1e-3 * (1.0 + float(want.abs().max()))
