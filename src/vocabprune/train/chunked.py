@@ -40,9 +40,8 @@ _HEAD_ONLY = ("labels", "shift_labels", "num_items_in_batch", "logits_to_keep", 
 class _ChunkedForward:
     """What `chunked_loss` added to a model, removed again at restore."""
 
-    def __init__(self, model: nn.Module, tile: int) -> None:
+    def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self.tile = tile
 
     def detach(self) -> None:
         self.model.__dict__.pop("forward", None)
@@ -102,7 +101,7 @@ def chunked_loss(model: Any, *, tile_tokens: int | None = None) -> Any:
         return _tiled_forward(owner, tile, head, kwargs)
 
     owner.forward = forward
-    state.extras[EXTRA_KEY] = _ChunkedForward(owner, tile)
+    state.extras[EXTRA_KEY] = _ChunkedForward(owner)
     return model
 
 

@@ -68,13 +68,13 @@ class TiledCrossEntropy(torch.autograd.Function):
             del z
         nll.masked_fill_(~valid, 0.0)
         ctx.save_for_backward(h, w, b, safe, valid, lse)
-        ctx.config = (tile, scale, softcap, hidden.dtype, weight.dtype, bias is not None)
+        ctx.config = (tile, scale, softcap, hidden.dtype, weight.dtype)
         return nll
 
     @staticmethod
     def backward(ctx: Any, grad_nll: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         h, w, b, safe, valid, lse = ctx.saved_tensors
-        tile, scale, softcap, hidden_dtype, weight_dtype, has_bias = ctx.config
+        tile, scale, softcap, hidden_dtype, weight_dtype = ctx.config
         g = grad_nll.float() * valid
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         grad_h = torch.empty_like(h) if need_h else None
@@ -106,7 +106,7 @@ class TiledCrossEntropy(torch.autograd.Function):
         return (
             None if grad_h is None else grad_h.to(hidden_dtype),
             None if grad_w is None else grad_w.to(weight_dtype),
-            None if grad_b is None or not has_bias else grad_b.to(weight_dtype),
+            None if grad_b is None else grad_b.to(weight_dtype),
             None,
             None,
             None,
