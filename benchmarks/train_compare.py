@@ -151,7 +151,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     peak_rss = bl.peak_rss_bytes()  # before the loss check below runs its extra forwards
     state = run.pop("bytes")
     if method == "pruned_chunked":
-        run.update(_chunked_loss_diff(model, batches[0], device))
+        run.update(_chunked_loss_diff(model, kept, batches[0], device))
     run.update(
         method=method,
         kept_ids=kept.size,
@@ -173,12 +173,12 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     return run
 
 
-def _chunked_loss_diff(model: Any, batch: dict[str, Any], device: Any) -> dict[str, float]:
+def _chunked_loss_diff(
+    model: Any, kept: Any, batch: dict[str, Any], device: Any
+) -> dict[str, float]:
     """|chunked - unchunked loss| on one batch, the same weights, and each one's distance from
     the loss computed in float64 from the same hidden states (which of the two is rounding)."""
     import torch
-
-    import vocabprune as vp
 
     batch = {k: v.to(device) for k, v in batch.items()}
     model.train()
@@ -186,11 +186,8 @@ def _chunked_loss_diff(model: Any, batch: dict[str, Any], device: Any) -> dict[s
     with torch.no_grad():  # no gradients: the model's own forward and loss
         plain = float(model(**batch).loss)
         hidden = model.base_model(input_ids=batch["input_ids"]).last_hidden_state[:, :-1]
-        columns = vp.column_ids(model).to(device)
-        table = torch.full((int(columns.max()) + 1,), -100, dtype=torch.long, device=device)
-        table[columns] = torch.arange(columns.numel(), device=device)
-        labels = batch["labels"][:, 1:]
-        targets = torch.where(labels < 0, -100, table[labels.clamp(min=0)])
+        labels = batch["labels"][:, 1:].cpu()  # original ids -> kept columns, as the oracle's
+        targets = torch.where(labels < 0, -100, bl.lookup(kept, labels.clamp(min=0))).to(device)
         logits = hidden.double() @ model.get_output_embeddings().weight.double().t()
         cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
         if cap is not None:
