@@ -182,3 +182,33 @@ def tiled_cross_entropy(
     return TiledCrossEntropy.apply(
         hidden, weight, bias, targets, tile, scale, softcap, frozen, frozen_bias
     )
+
+
+@torch.no_grad()
+def tiled_token_stats(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    *,
+    tile: int,
+    scale: float = 1.0,
+    softcap: float | None = None,
+    frozen: torch.Tensor | None = None,
+    frozen_bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per token, over the same columns as tiled_cross_entropy and `tile` tokens at a time: the
+    entropy of the softmax and whether the target is its top-1 (0 / False where it is -100)."""
+    valid = targets != IGNORE
+    fz = None if frozen is None else (frozen.to(hidden.dtype), _cast(frozen_bias, hidden.dtype))
+    w, b = weight.to(hidden.dtype), _cast(bias, hidden.dtype)
+    entropy = torch.zeros(hidden.shape[0], dtype=acc_dtype(hidden.dtype), device=hidden.device)
+    top1 = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
+    for start in range(0, hidden.shape[0], tile):
+        rows = slice(start, start + tile)
+        z = _columns(hidden[rows], w, b, fz, scale, softcap)
+        top1[rows] = z.argmax(-1) == targets[rows]
+        logp = z.log_softmax(-1)
+        entropy[rows] = -(logp.exp() * logp).sum(-1)
+        del z, logp
+    return entropy * valid, top1 & valid
