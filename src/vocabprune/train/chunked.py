@@ -136,7 +136,8 @@ def _frozen(state: PrunedState, weight: torch.Tensor) -> dict[str, Any]:
         return {}
     rows, bias, scale, bias_scale = frozen_parts(state, weight)
     return {
-        "frozen": rows if scale == 1.0 else rows * scale,
+        "frozen": rows,  # scaled inside the tiles: no copy of the frozen rows per step
+        "frozen_scale": scale,
         "frozen_bias": bias if bias is None or bias_scale == 1.0 else bias * bias_scale,
     }
 
@@ -150,7 +151,9 @@ def _all_columns(
     extra = _frozen(state, weight)
     if not extra:
         return got
-    frozen = tile_logits(hidden, extra["frozen"], extra["frozen_bias"], *head)
+    frozen = tile_logits(
+        hidden, extra["frozen"], extra["frozen_bias"], *head, weight_scale=extra["frozen_scale"]
+    )
     return torch.cat([got, frozen], dim=-1).index_select(-1, state.column_order(got.device))
 
 

@@ -28,9 +28,13 @@ def tile_logits(
     bias: torch.Tensor | None,
     scale: float,
     softcap: float | None,
+    weight_scale: float = 1.0,
 ) -> torch.Tensor:
-    """The logits of one tile, as the model's head computes them, in float32 (float64 stays)."""
+    """The logits of one tile, as the model's head computes them, in float32 (float64 stays);
+    `weight_scale` multiplies the weight (a frozen head's weight-decay factor) without a copy."""
     z = hidden @ weight.t()
+    if weight_scale != 1.0:
+        z = z * weight_scale
     if bias is not None:
         z = z + bias
     z = z.to(acc_dtype(z.dtype))
@@ -50,7 +54,7 @@ def _columns(
     h: torch.Tensor,
     w: torch.Tensor,
     b: torch.Tensor | None,
-    frozen: tuple[torch.Tensor, torch.Tensor | None] | None,
+    frozen: tuple[torch.Tensor, torch.Tensor | None, float] | None,
     scale: float,
     softcap: float | None,
 ) -> torch.Tensor:
@@ -58,7 +62,8 @@ def _columns(
     z = tile_logits(h, w, b, scale, softcap)
     if frozen is None:
         return z
-    return torch.cat([z, tile_logits(h, frozen[0], frozen[1], scale, softcap)], dim=1)
+    fw, fb, fs = frozen
+    return torch.cat([z, tile_logits(h, fw, fb, scale, softcap, weight_scale=fs)], dim=1)
 
 
 class TiledCrossEntropy(torch.autograd.Function):
@@ -77,6 +82,7 @@ class TiledCrossEntropy(torch.autograd.Function):
         softcap: float | None,
         frozen: torch.Tensor | None = None,
         frozen_bias: torch.Tensor | None = None,
+        frozen_scale: float = 1.0,
     ) -> torch.Tensor:
         # Under autocast the head runs in the autocast dtype; backward (no autocast) casts the same.
         dtype = hidden.dtype
@@ -85,7 +91,7 @@ class TiledCrossEntropy(torch.autograd.Function):
         w = weight.to(dtype)
         b = None if bias is None else bias.to(dtype)
         h = hidden.to(dtype)
-        fz = None if frozen is None else (frozen.to(dtype), _cast(frozen_bias, dtype))
+        fz = None if frozen is None else (frozen.to(dtype), _cast(frozen_bias, dtype), frozen_scale)
         valid = targets != IGNORE
         safe = targets.masked_fill(~valid, 0)
         lse = torch.empty(h.shape[0], dtype=acc_dtype(dtype), device=h.device)
@@ -97,14 +103,15 @@ class TiledCrossEntropy(torch.autograd.Function):
             nll[rows] = lse[rows] - z.gather(1, safe[rows, None]).squeeze(1)
             del z
         nll.masked_fill_(~valid, 0.0)
-        ctx.save_for_backward(h, w, b, safe, valid, lse, *(fz or (None, None)))
+        ctx.save_for_backward(h, w, b, safe, valid, lse, *(fz[:2] if fz else (None, None)))
+        ctx.frozen_scale = frozen_scale
         ctx.config = (tile, scale, softcap, hidden.dtype, weight.dtype)
         return nll
 
     @staticmethod
     def backward(ctx: Any, grad_nll: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         h, w, b, safe, valid, lse, fw, fb = ctx.saved_tensors
-        fz = None if fw is None else (fw, fb)
+        fz = None if fw is None else (fw, fb, ctx.frozen_scale)
         kept = w.shape[0]
         tile, scale, softcap, hidden_dtype, weight_dtype = ctx.config
         acc = acc_dtype(h.dtype)
@@ -133,7 +140,7 @@ class TiledCrossEntropy(torch.autograd.Function):
             if grad_h is not None:
                 grad_h[rows] = dk @ w
                 if fw is not None:
-                    grad_h[rows] += dz[:, kept:] @ fw
+                    grad_h[rows] += (dz[:, kept:] @ fw).mul_(ctx.frozen_scale)
             if grad_w is not None and w.dtype == acc:
                 grad_w.addmm_(dk.t(), h[rows])
             elif grad_w is not None:  # half precision: the tiles' sum is kept in float32
@@ -143,6 +150,7 @@ class TiledCrossEntropy(torch.autograd.Function):
             None if grad_h is None else grad_h.to(hidden_dtype),
             None if grad_w is None else grad_w.to(weight_dtype),
             None if grad_b is None else grad_b.to(weight_dtype),
+            None,
             None,
             None,
             None,
@@ -167,11 +175,13 @@ def tiled_cross_entropy(
     softcap: float | None = None,
     frozen: torch.Tensor | None = None,
     frozen_bias: torch.Tensor | None = None,
+    frozen_scale: float = 1.0,
 ) -> torch.Tensor:
     """Per-token NLL of `targets` under softmax(softcap(scale * (hidden @ W.T + bias))),
     `tile` tokens at a time; hidden [tokens, dim], weight [columns, dim], targets [tokens].
     W is `weight`, then `frozen` [frozen columns, dim] (and bias, then `frozen_bias`): frozen
-    columns are in every normalizer and take no gradient (targets >= weight rows name them)."""
+    columns are in every normalizer and take no gradient (targets >= weight rows name them);
+    `frozen_scale` multiplies `frozen` (not its bias) without copying it."""
     if tile < 1:
         raise ValueError(f"tile must be a positive number of tokens, got {tile}")
     if frozen is not None:
@@ -180,7 +190,7 @@ def tiled_cross_entropy(
         if (bias is None) != (frozen_bias is None):
             raise ValueError("a bias needs a frozen bias for the frozen columns, and only then")
     return TiledCrossEntropy.apply(
-        hidden, weight, bias, targets, tile, scale, softcap, frozen, frozen_bias
+        hidden, weight, bias, targets, tile, scale, softcap, frozen, frozen_bias, frozen_scale
     )
 
 
@@ -196,11 +206,14 @@ def tiled_token_stats(
     softcap: float | None = None,
     frozen: torch.Tensor | None = None,
     frozen_bias: torch.Tensor | None = None,
+    frozen_scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per token, over the same columns as tiled_cross_entropy and `tile` tokens at a time: the
     entropy of the softmax and whether the target is its top-1 (0 / False where it is -100)."""
     valid = targets != IGNORE
-    fz = None if frozen is None else (frozen.to(hidden.dtype), _cast(frozen_bias, hidden.dtype))
+    fz = None
+    if frozen is not None:
+        fz = (frozen.to(hidden.dtype), _cast(frozen_bias, hidden.dtype), frozen_scale)
     w, b = weight.to(hidden.dtype), _cast(bias, hidden.dtype)
     entropy = torch.zeros(hidden.shape[0], dtype=acc_dtype(hidden.dtype), device=hidden.device)
     top1 = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
