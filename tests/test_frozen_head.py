@@ -139,6 +139,7 @@ def test_gradients_equal_the_masked_unpruned_model(name, tiled):
     model = copy.deepcopy(base)
     vp.prune(model, kept, output="frozen")
     assert model.get_input_embeddings().weight.shape[0] == kept.size  # only kept rows train
+    assert torch.equal(vp.column_ids(model), torch.arange(V))  # logits columns are token ids
     if tiled:
         vp.chunked_loss(model, tile_tokens=17)  # 117 predicted tokens: 7 tiles
     batch = _batch()

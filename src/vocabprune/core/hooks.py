@@ -313,4 +313,6 @@ def column_ids(model: Any) -> torch.Tensor:
     state = get_state(model)
     if state is None:
         raise VocabPruneError("model is not pruned: its logits columns are the token ids")
+    if state.frozen_head:  # its logits are over the whole vocabulary, column = token id
+        return torch.arange(state.kept.vocab_size)
     return state.index("cpu").clone()
