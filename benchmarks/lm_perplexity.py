@@ -1,9 +1,13 @@
-"""Held-out perplexity on BBC News of SmolLM2 after pruned vs full causal-LM fine-tuning.
+"""Held-out perplexity on BBC News of SmolLM2 after full fine-tuning and after pruned fine-tuning
+with each head mode: "restricted" (prune(output="prune"): the softmax over the kept ids only) and
+"frozen" (prune(output="frozen") + chunked_loss: the full softmax, dropped rows frozen, in tiles).
 
-Same seed, same batches, same steps, AdamW (weight decay 0); both measured with the restored
-full model (full softmax over all 49,152 ids, original ids) on the same held-out articles. The
-pruned run keeps the ids of its TRAINING texts only (plus specials), so the held-out texts hold
-ids the pruned run never saw: the perplexity is split by whether the target id was kept.
+Same seed, same batches, same steps, AdamW (weight decay 0); every run is measured with the
+restored full model (full softmax over all 49,152 ids, original ids) on the same held-out
+articles. Two kept vocabularies: "small", the ids of the TRAINING texts only (plus specials), and
+"large", the ids of the whole pool the training texts are drawn from (every article but the
+held-out ones). The held-out texts hold ids a run never saw: the perplexity is split by whether
+the target id was kept.
 
     python benchmarks/lm_perplexity.py       # JSON to benchmarks/results/lm_perplexity.json
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +35,7 @@ BATCH = 4
 MAX_LENGTH = 128
 LR = 1e-4
 SEED = 0
+MODES = {"restricted": "prune", "frozen": "frozen"}  # method prefix -> prune(output=...)
 
 
 def _batches(ids: list[list[int]], pad_id: int, size: int) -> list[dict[str, torch.Tensor]]:
@@ -67,6 +73,13 @@ def _split_nll(model, batches, kept_mask: torch.Tensor) -> dict[str, float]:
     return out
 
 
+def _not_kept(batches, kept_mask: torch.Tensor) -> float:
+    """Share of the held-out targets whose id is not kept."""
+    labels = torch.cat([b["labels"][:, 1:].reshape(-1) for b in batches])
+    labels = labels[labels != -100]
+    return float((~kept_mask[labels]).float().mean())
+
+
 def main(steps: int = STEPS, n_eval: int = N_EVAL, out: Path = RESULT) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -93,22 +106,29 @@ def main(steps: int = STEPS, n_eval: int = N_EVAL, out: Path = RESULT) -> dict:
 
     probe = load()
     rows = probe.get_input_embeddings().weight.shape[0]
-    counts = vp.count_token_ids(train_ids, rows)
-    kept = vp.KeptVocab.from_counts(counts, tokenizer=tokenizer, model=probe)
-    kept_mask = torch.zeros(rows, dtype=torch.bool)
-    kept_mask[torch.as_tensor(kept.kept_ids)] = True
+    pool_ids = tokenizer([texts[i] for i in order[n_eval:]], **enc)["input_ids"]
+    kepts, masks = {}, {}
+    for name, ids in (("small", train_ids), ("large", pool_ids)):
+        counts = vp.count_token_ids(ids, rows)
+        kepts[name] = vp.KeptVocab.from_counts(counts, tokenizer=tokenizer, model=probe)
+        masks[name] = torch.zeros(rows, dtype=torch.bool)
+        masks[name][torch.as_tensor(kepts[name].kept_ids)] = True
     t0 = time.perf_counter()
-    base = _split_nll(probe, eval_batches, kept_mask)
+    base = _split_nll(probe, eval_batches, masks["small"])
     eval_seconds = time.perf_counter() - t0
     del probe
 
     runs = {}
-    for method in ("full", "pruned"):
+    plan = [("full", None)] + [(f"{m}_{k}", k) for k in ("small", "large") for m in MODES]
+    for method, kept_name in plan:
         torch.manual_seed(SEED)
         model = load()
         batches = train_batches  # tokenizer ids: a pruned model remaps ids and labels inside
-        if method == "pruned":
-            vp.prune(model, kept)
+        if kept_name is not None:
+            mode = method.split("_")[0]
+            vp.prune(model, kepts[kept_name], output=MODES[mode])
+            if mode == "frozen":
+                vp.chunked_loss(model)
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
         losses = []
@@ -120,14 +140,16 @@ def main(steps: int = STEPS, n_eval: int = N_EVAL, out: Path = RESULT) -> dict:
             optimizer.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
         train_seconds = time.perf_counter() - t0
-        if method == "pruned":
+        if kept_name is not None:
             vp.restore(model)
+        over = "train_losses_kept_columns" if method.startswith("restricted") else "train_losses"
         runs[method] = {
-            **_split_nll(model, eval_batches, kept_mask),
-            "train_losses": losses,
+            **_split_nll(model, eval_batches, masks[kept_name or "small"]),
+            over: losses,
             "train_seconds": round(train_seconds, 2),
         }
         del model, optimizer
+        print(f"[lm_perplexity] {method}: {runs[method]['perplexity_all']:.2f}", file=sys.stderr)
 
     result = {
         "benchmark": "lm_perplexity",
@@ -140,16 +162,16 @@ def main(steps: int = STEPS, n_eval: int = N_EVAL, out: Path = RESULT) -> dict:
         "seed": SEED,
         "train_articles": len(train_texts),
         "eval_articles": len(eval_texts),
-        "kept_tokens": kept.size,
+        "kept_tokens": {k: v.size for k, v in kepts.items()},
         "vocab_size": rows,
-        "heldout_targets_not_kept": base["tokens_not_kept"] / max(base["tokens_all"], 1),
+        "heldout_targets_not_kept": {k: _not_kept(eval_batches, m) for k, m in masks.items()},
         "before_finetuning": base,
-        "full": runs["full"],
-        "pruned": runs["pruned"],
-        "perplexity_full": runs["full"]["perplexity_all"],
-        "perplexity_pruned": runs["pruned"]["perplexity_all"],
-        "perplexity_ratio_pruned_vs_full": runs["pruned"]["perplexity_all"]
-        / runs["full"]["perplexity_all"],
+        "runs": runs,
+        "perplexity": {"before": base["perplexity_all"]}
+        | {m: r["perplexity_all"] for m, r in runs.items()},
+        "perplexity_ratio_vs_full": {
+            m: r["perplexity_all"] / runs["full"]["perplexity_all"] for m, r in runs.items()
+        },
         "eval_seconds": round(eval_seconds, 2),
     }
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -59,7 +59,9 @@ METHODS = ("full", "pruned", "oracle", "peft_tt", "naive")
 #   (the data-side remap): against "pruned" it prices the in-model lookup of original ids;
 # - pruned_chunked: vp.chunked_loss, the causal-LM loss computed over the kept columns in tiles
 #   (the [tokens x kept] logits never all held); records |chunked - unchunked loss| too.
-VARIANTS = ("pruned_kept_ids", "pruned_chunked")
+# - frozen: prune(output="frozen") + chunked_loss, the full softmax with the dropped rows frozen
+#   (no gradient, no optimizer state) in tiles: full fine-tuning's gradients at pruned memory.
+VARIANTS = ("pruned_kept_ids", "pruned_chunked", "frozen")
 # The run fields the summary compares (lower is better for all), and their labels.
 METRICS = {
     "median_step_seconds": "median step s",
@@ -142,7 +144,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         model = bl.peft_trainable_tokens(model, kept.kept_ids)
     elif method == "naive":
         model = bl.naive_slice(model, kept)
-    elif method == "pruned_chunked":
+    elif method in ("pruned_chunked", "frozen"):
         vp.chunked_loss(model)
     load_s = time.perf_counter() - t0
     rss_after_load = bl.rss_now_bytes()
@@ -253,6 +255,10 @@ def _folder_case(case: Case, path: str, count: int) -> tuple[list[dict], Any, An
     )
 
     def load(method: str) -> Any:
+        if method == "frozen":  # the dropped rows are read, once, from the loaded model
+            model = auto.from_pretrained(path, **kwargs)
+            vp.prune(model, kept, output="frozen")
+            return model
         if method.startswith("pruned"):
             ids = "kept" if method == "pruned_kept_ids" else "original"
             return vp.load_pruned(auto, path, kept, ids=ids, **kwargs)
@@ -284,7 +290,9 @@ def _shape_case(case: Case, count: int) -> tuple[list[dict], Any, Any]:
         if method == "oracle":
             return bl.build_model(bl.build_config(shape, kept=kept), shape.model_class)
         model = bl.build_model(config, shape.model_class)
-        if method.startswith("pruned"):
+        if method == "frozen":
+            vp.prune(model, kept, output="frozen")
+        elif method.startswith("pruned"):
             vp.prune(model, kept, ids="kept" if method == "pruned_kept_ids" else "original")
         return model
 
@@ -437,9 +445,10 @@ def _variant_lines(result: dict[str, Any]) -> list[str]:
 
 def _label(method: str) -> str:
     return {
-        "pruned": "**vocabprune**",
         "pruned_kept_ids": "vocabprune, ids remapped in the data",
         "pruned_chunked": "vocabprune + chunked loss",
+        "pruned": "**vocabprune** (restricted softmax)",
+        "frozen": "vocabprune, frozen head (full softmax, tiled)",
         "peft_tt": "PEFT TrainableTokens",
     }.get(method, method)
 

@@ -173,12 +173,35 @@ def test_resumed_lm_run_equals_the_uninterrupted_one(folders, tmp_path, task, na
 def test_chunked_loss_run_equals_the_plain_one(folders, tmp_path, tiled_calls):
     argv = ["--task", "causal-lm", "--model", str(folders / "llama"), "--max-steps", "2"]
     argv += ["--batch-size", "4", "--lr", "1e-4", "--max-length", "32", "--limit", "16"]
-    argv += ["--eval-fraction", "0", "--seed", "3"]
-    _finetune(*argv, "--out", str(tmp_path / "plain"))
+    argv += ["--eval-fraction", "0", "--seed", "3", "--lm-head", "restricted"]
+    plain = _finetune(*argv, "--out", str(tmp_path / "plain"))
     assert not tiled_calls
+    assert plain["lm_head"] == "restricted" and "train_loss" not in plain
+    assert plain["train_loss_kept_columns"] > 0  # the loss over the kept columns, named so
     _finetune(*argv, "--out", str(tmp_path / "chunked"), "--chunked-loss")
     assert len(tiled_calls) == 2  # each training step's loss was tiled
     want = load_file(tmp_path / "plain" / "model.safetensors")
     got = load_file(tmp_path / "chunked" / "model.safetensors")
+    assert want.keys() == got.keys()
+    assert max((want[k] - got[k]).abs().max().item() for k in want) <= 1e-5
+
+
+def test_frozen_head_run_equals_full_fine_tuning(folders, tmp_path, tiled_calls):
+    """The default head (--lm-head frozen): the full softmax, dropped rows frozen and tiled; with
+    weight decay the restored model equals --no-prune, and so do the losses it reports."""
+    argv = ["--task", "causal-lm", "--model", str(folders / "llama"), "--max-steps", "2"]
+    argv += ["--batch-size", "4", "--lr", "1e-3", "--max-length", "32", "--limit", "20"]
+    argv += ["--eval-fraction", "0.2", "--seed", "3", "--weight-decay", "0.1"]
+    full = _finetune(*argv, "--out", str(tmp_path / "full"), "--no-prune")
+    assert not tiled_calls
+    frozen = _finetune(*argv, "--out", str(tmp_path / "frozen"))
+    assert frozen["lm_head"] == "frozen" and frozen["pruned"]
+    assert len(tiled_calls) == 2  # every training step's loss in tiles
+    assert frozen["kept_tokens"] < frozen["vocab_size"]
+    # float32 rounding over 30,522 columns (the tiles sum in another order): relative 1e-5
+    assert abs(frozen["train_loss"] - full["train_loss"]) <= 1e-5 * full["train_loss"]
+    assert abs(frozen["eval_loss"] - full["eval_loss"]) <= 1e-5 * full["eval_loss"]
+    want = load_file(tmp_path / "full" / "model.safetensors")
+    got = load_file(tmp_path / "frozen" / "model.safetensors")
     assert want.keys() == got.keys()
     assert max((want[k] - got[k]).abs().max().item() for k in want) <= 1e-5

@@ -25,7 +25,10 @@ def _rows(bbc_texts, n=12):
     ]
 
 
-def test_sft_trainer_with_a_pruned_model(smollm2_dir, smollm2_tokenizer, bbc_texts, tmp_path):
+@pytest.mark.parametrize("output", ["auto", "frozen"])
+def test_sft_trainer_with_a_pruned_model(
+    smollm2_dir, smollm2_tokenizer, bbc_texts, tmp_path, output
+):
     from transformers import AutoModelForCausalLM
 
     tok = smollm2_tokenizer
@@ -34,7 +37,9 @@ def test_sft_trainer_with_a_pruned_model(smollm2_dir, smollm2_tokenizer, bbc_tex
     model = AutoModelForCausalLM.from_pretrained(smollm2_dir)
     before = model.get_input_embeddings().weight.detach().clone()
     kept = vp.build_kept_vocab(tok, texts, model=model)  # the chat-templated text, as TRL sees it
-    vp.prune(model, kept)
+    vp.prune(model, kept, output=output)
+    if output == "frozen":
+        vp.chunked_loss(model)  # the full softmax in tiles; TRL's fused calls answered by it
     args = trl.SFTConfig(
         output_dir=str(tmp_path),
         max_steps=2,
@@ -61,7 +66,8 @@ def test_sft_trainer_with_a_pruned_model(smollm2_dir, smollm2_tokenizer, bbc_tex
     assert logs and all(0 <= h["mean_token_accuracy"] <= 1 for h in logs)
 
     # TRL scores tokens outside the model (its fused LM head, in chunks, from the head weight):
-    # on a pruned model those are log-probabilities under the kept softmax, in original ids.
+    # on a restricted head those are log-probabilities under the kept softmax, in original ids;
+    # on a frozen head under the full softmax. Either way they are the logits' log-softmax.
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
     labels = batch["labels"]
     assert (labels == -100).any() and (labels != -100).any()  # completion-only loss

@@ -9,8 +9,12 @@ model you get. Checkpoints (--save-steps) and --resume work as for classificatio
 
 seq2seq reads (source, target) pairs: --text-column source,target.
 
-A pruned head restricts the training softmax to the kept vocabulary: ids the data never used get
-no probability mass pushed away from them. Use --no-prune for the exact full softmax.
+--lm-head frozen (the default) trains with the full softmax: the head's dropped rows are frozen
+(no gradient, no optimizer state) and score the dropped ids, so every gradient is full
+fine-tuning's; causal-lm computes that loss in tiles of tokens (train/chunked.py).
+--lm-head restricted trains with the softmax over the kept ids only: cheaper, but ids the data
+never used get no probability mass pushed away from them, and the training loss it reports is
+over the kept columns (report key `train_loss_kept_columns`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,13 @@ from vocabprune.train.chunked import chunked_loss
 from vocabprune.train.collators import CausalLMCollator, MaskedLMCollator, heldout_nll
 
 LM_TASKS = ("masked-lm", "causal-lm", "seq2seq")
+KEPT_LOSS = "train_loss_kept_columns"
+HEAD_LINES = {
+    "frozen": "head: full softmax, dropped rows frozen (training losses are over the full "
+    "vocabulary)",
+    "restricted": "head: softmax over the kept ids only (logged training losses are over the "
+    "kept columns, not the full vocabulary; eval_loss is the restored model's, full vocabulary)",
+}
 
 
 class _Rows:
@@ -222,27 +233,38 @@ def run_lm_finetune(
         kept_file=opts.kept,
     )
     collator = _collator(opts, tokenizer, pruning.kept, model, seed=opts.seed)
+    head = opts.lm_head or "frozen"
     steps.prune_for_training(
-        model, pruning, collator, tokenizer=tokenizer, enabled=opts.prune, say=say
+        model,
+        pruning,
+        collator,
+        tokenizer=tokenizer,
+        enabled=opts.prune,
+        say=say,
+        output="frozen" if head == "frozen" else "prune",
     )
-    if opts.chunked_loss:
+    if opts.prune and (opts.chunked_loss or (head == "frozen" and opts.task == "causal-lm")):
         chunked_loss(model)
+    if opts.prune:
+        say(HEAD_LINES[head])
     masked = opts.seed if opts.task == "masked-lm" else None
     train_set = _Rows(data.features, train_rows, mask_seed=masked)
     trained, resume = _train(opts, model, collator, train_set, out, log)
     folder = steps.checkpoint_dir(opts)
     tail = {"dropped_decay_factor": trained.decay_factor, "device": steps.device_of(model)}
     tail.update(resumed_from=str(resume) if resume else None, checkpoint_dir=folder and str(folder))
-    report = steps.build_report(
-        opts,
-        head={"task": opts.task},
-        paths=(model_path, list(opts.data) or default_data()),
-        pruning=pruning,
-        examples=(len(train_rows), len(eval_rows)),
-        trained=trained,
-        metrics=_heldout(opts, model, tokenizer, pruning.kept, data, eval_rows),
-        tail=tail,
-        out=out,
+    report = _honest_loss(
+        steps.build_report(
+            opts,
+            head={"task": opts.task, "lm_head": head if opts.prune else None},
+            paths=(model_path, list(opts.data) or default_data()),
+            pruning=pruning,
+            examples=(len(train_rows), len(eval_rows)),
+            trained=trained,
+            metrics=_heldout(opts, model, tokenizer, pruning.kept, data, eval_rows),
+            tail=tail,
+            out=out,
+        )
     )
     steps.save_run(
         out,
@@ -254,3 +276,10 @@ def run_lm_finetune(
     )
     report["eval_predictions"] = []
     return report
+
+
+def _honest_loss(report: dict[str, Any]) -> dict[str, Any]:
+    """A restricted head's training loss is over the kept columns: its key says so."""
+    if report.get("lm_head") != "restricted":
+        return report
+    return {(KEPT_LOSS if k == "train_loss" else k): v for k, v in report.items()}

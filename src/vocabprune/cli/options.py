@@ -15,6 +15,9 @@ from vocabprune.core.errors import VocabPruneError
 
 TASKS = ("classification", "masked-lm", "causal-lm", "seq2seq", "sentence-embedding")
 UNKNOWN_POLICIES = ("error", "unk", "grow")
+# How a pruned LM head trains: the full softmax with the dropped rows frozen, or the softmax over
+# the kept ids only (prune(output="frozen") / prune(output="prune")).
+LM_HEADS = ("frozen", "restricted")
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 MAX_SEED = 2**32 - 1
 
@@ -136,6 +139,7 @@ class FinetuneOptions(DataOptions):
     task: str = "classification"  # or masked-lm, causal-lm, seq2seq, sentence-embedding
     kept: str | None = None  # a saved kept vocabulary (or counts) instead of scanning
     chunked_loss: bool = False  # causal-lm: the loss in chunks (train.chunked)
+    lm_head: str | None = None  # LM tasks: "frozen" (default: full softmax) or "restricted"
     extra_training_args: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -163,6 +167,12 @@ class FinetuneOptions(DataOptions):
                 raise OptionError("--eval-data needs a path")
         if self.chunked_loss and (self.task != "causal-lm" or not self.prune):
             raise OptionError("--chunked-loss is for --task causal-lm, pruned")
+        if self.lm_head is not None and self.lm_head not in LM_HEADS:
+            raise OptionError(
+                f"--lm-head must be one of {', '.join(LM_HEADS)}, not {self.lm_head!r}"
+            )
+        if self.lm_head is not None and self.task not in ("causal-lm", "masked-lm", "seq2seq"):
+            raise OptionError("--lm-head is for --task causal-lm, masked-lm or seq2seq")
 
 
 @dataclass(kw_only=True)

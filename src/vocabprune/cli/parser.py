@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any, NoReturn
 
-from vocabprune.cli.options import TASKS, UNKNOWN_POLICIES
+from vocabprune.cli.options import LM_HEADS, TASKS, UNKNOWN_POLICIES
 
 EXIT_ERROR = 2
 DATA_HELP = (
@@ -169,6 +169,14 @@ def _add_finetune(sub: Any) -> None:
         action="store_true",
         help="causal-lm: compute the loss over the kept columns in tiles of tokens, so the "
         "[tokens x kept] logits are never held whole (lower peak memory on long steps)",
+    )
+    ft.add_argument(
+        "--lm-head",
+        choices=LM_HEADS,
+        help="causal-lm, masked-lm, seq2seq: 'frozen' (default) trains with the full softmax, "
+        "the dropped rows frozen (no gradient, no optimizer state): full fine-tuning's "
+        "gradients, in tiles for causal-lm; 'restricted' with the softmax over the kept ids "
+        "only (cheaper, not equal to full fine-tuning; its training loss is over kept columns)",
     )
     ft.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     ft.add_argument("--save-steps", type=int, metavar="N", help="write a checkpoint every N steps")

@@ -165,12 +165,13 @@ def prune_for_training(
     tokenizer: Any,
     enabled: bool,
     say: Say,
+    output: Any = "auto",
 ) -> Pruning:
-    """Prune (when enabled); the model reads the collator's original ids itself. Logs the
-    vocabulary line."""
+    """Prune (when enabled; `output` as prune's); the model reads the collator's original ids
+    itself. Logs the vocabulary line."""
     t0 = time.perf_counter()
     if enabled:
-        prune(model, pruning.kept, tokenizer=tokenizer)
+        prune(model, pruning.kept, tokenizer=tokenizer, output=output)
     pruning.prepare_seconds = time.perf_counter() - t0
     pruning.collator = collator
     pruning.trainable = count_params(model, trainable_only=True)

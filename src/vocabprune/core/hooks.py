@@ -18,6 +18,13 @@ sentence-transformers, TRL, pipelines, a plain loop) hands the model tokenizer o
   probability 0), so every consumer reads them by token id. `logits="kept"` or `"full"` fixes
   one of the two.
 
+With `output="frozen"` the head keeps the full softmax: the head module's output is spread over
+the original vocabulary with the dropped ids scored by the frozen dropped rows (no gradient; times
+the tracked weight-decay factor, as full fine-tuning would have decayed them), so the model's own
+loss, generate(), pipelines and any loss computed from the logits are those of the full model at
+the same weights. Labels stay original ids. TRL's fused LM head (`fused_lm_head=True`), which
+scores tokens from the head weight alone, is answered from those logits instead.
+
 With `ids="kept"` the model reads ids already remapped by RemapCollator / remap_dataset; its
 embedding only checks they are kept ids, and its logits are the kept columns.
 
@@ -41,6 +48,8 @@ from vocabprune.core.state import PrunedState, get_state
 LOGITS_MODES = ("auto", "kept", "full")
 IDS_MODES = ("original", "kept")
 LABEL_KWARGS = ("labels", "shift_labels")
+FUSED_KWARG = "fused_lm_head"  # TRL: score labels from the head weight (kept rows only)
+FUSED_CALL = "fused_call"  # state.extras key: the labels of a fused call in progress
 
 
 def input_modules(state: PrunedState) -> list[nn.Embedding]:
@@ -176,12 +185,122 @@ def _spread(state: PrunedState) -> Callable[..., Any]:
     return hook
 
 
+def head_modules(state: PrunedState) -> list[nn.Linear]:
+    """The nn.Linear heads holding the pruned head weight (each once)."""
+    found: dict[int, nn.Linear] = {}
+    for tensor in state.frozen_tensors():
+        for module, attr, _ in tensor.owners:
+            if isinstance(module, nn.Linear) and attr == "weight":
+                found.setdefault(id(module), module)
+    return list(found.values())
+
+
+def frozen_parts(state: PrunedState, like: torch.Tensor) -> tuple[torch.Tensor, Any, float, float]:
+    """(frozen rows, frozen bias or None, their weight-decay factors) of a frozen head, on
+    `like`'s device and dtype."""
+    weight, *bias = state.frozen_tensors()
+    fb = bias[0].frozen_rows(like) if bias else None
+    scale = state.dropped_scale.get(weight.name, 1.0)
+    bias_scale = state.dropped_scale.get(bias[0].name, 1.0) if bias else 1.0
+    return weight.frozen_rows(like), fb, scale, bias_scale
+
+
+def _frozen_logits(state: PrunedState) -> Callable[..., Any]:
+    """Kept-row logits of the head -> logits over the original vocabulary, the dropped ids
+    scored by the frozen rows (constants for autograd)."""
+
+    def hook(module: nn.Module, args: Any, output: Any) -> Any:
+        if not state.active or not isinstance(output, torch.Tensor):
+            return None
+        x = args[0]
+        weight, bias, scale, bias_scale = frozen_parts(state, module.weight)
+        dropped = torch.nn.functional.linear(x, weight)  # the rows are constants: x's gradient
+        if scale != 1.0:
+            dropped = dropped * scale
+        if bias is not None:
+            dropped = dropped + (bias * bias_scale if bias_scale != 1.0 else bias)
+        both = torch.cat([output, dropped.to(output.dtype)], dim=-1)
+        return both.index_select(-1, state.column_order(output.device))
+
+    return hook
+
+
+def _fused_pre(state: PrunedState) -> Callable[..., Any]:
+    """A frozen head under TRL's fused LM head: take the call over (see _fused_post)."""
+
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not (state.active and kwargs.get(FUSED_KWARG)):
+            return None
+        kwargs = {k: v for k, v in kwargs.items() if k != FUSED_KWARG}
+        shift = kwargs.get("shift_labels")
+        labels = kwargs.get("labels")
+        targets = shift if shift is not None else labels[:, 1:]
+        state.extras[FUSED_CALL] = (targets, shift is None, kwargs.get("num_items_in_batch"))
+        return args, kwargs
+
+    return hook
+
+
+def _fused_post(state: PrunedState) -> Callable[..., Any]:
+    """TRL's fused outputs (per-token log-probabilities, entropy, top-1, label mask, loss) over
+    the full vocabulary, from the model's logits or the per-token statistics a tiled loss left."""
+
+    def hook(module: nn.Module, args: Any, output: Any) -> Any:
+        call = state.extras.pop(FUSED_CALL, None)
+        if call is None or not state.active:
+            return None
+        targets, shifted, items = call
+        stats = getattr(output, "token_stats", None)
+        if stats is None:
+            logits = output.logits[:, :-1] if shifted else output.logits
+            stats = token_stats(logits, targets)
+        log_probs, entropy, top1, mask = stats
+        count = mask.sum().clamp(min=1) if items is None else items
+        return FusedOutput(
+            loss=-log_probs.sum() / count,
+            log_probs=log_probs,
+            entropy=entropy,
+            is_top1=top1,
+            label_mask=mask,
+        )
+
+    return hook
+
+
+def token_stats(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per token: log-probability of the target (differentiable), entropy and whether the target
+    is the top-1 (no gradient), label mask; 0 / False where the target is -100."""
+    mask = targets != -100
+    logp = logits.float().log_softmax(-1)
+    log_probs = logp.gather(-1, targets.clamp(min=0)[..., None])[..., 0] * mask
+    with torch.no_grad():
+        entropy = -(logp.exp() * logp).sum(-1) * mask
+        top1 = (logits.argmax(-1) == targets) & mask
+    return log_probs, entropy, top1, mask
+
+
+class FusedOutput(dict):  # type: ignore[type-arg]
+    """The fields of TRL's FusedCausalLMOutput a trainer reads, by attribute and by key."""
+
+    def __init__(self, **fields: Any) -> None:
+        super().__init__(fields)
+        self.__dict__.update(fields)
+        self.__dict__.setdefault("aux_loss", None)
+
+
 def install(model: nn.Module, state: PrunedState) -> None:
     """Register the hooks of `state.ids` mode on the model and its input embeddings."""
     for module in input_modules(state):
         hook = _embedding_remap(state) if state.ids == "original" else _embedding_check(state)
         state.forward_handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
-    if state.ids == "original" and state.output_pruned:
+    if state.frozen_head:
+        for head in head_modules(state):
+            state.forward_handles.append(head.register_forward_hook(_frozen_logits(state)))
+        state.forward_handles.append(
+            model.register_forward_pre_hook(_fused_pre(state), with_kwargs=True)
+        )
+        state.forward_handles.append(model.register_forward_hook(_fused_post(state)))
+    elif state.ids == "original" and state.output_pruned:
         state.forward_handles.append(
             model.register_forward_pre_hook(_label_remap(state, model), with_kwargs=True)
         )
@@ -194,4 +313,6 @@ def column_ids(model: Any) -> torch.Tensor:
     state = get_state(model)
     if state is None:
         raise VocabPruneError("model is not pruned: its logits columns are the token ids")
+    if state.frozen_head:  # its logits are over the whole vocabulary, column = token id
+        return torch.arange(state.kept.vocab_size)
     return state.index("cpu").clone()

@@ -34,6 +34,16 @@ class PrunedTensor:
     full_size: int
     is_parameter: bool
     store: RowStore | None = None
+    # output="frozen": the dropped rows of a head, held once (no gradient, no optimizer state);
+    # they score the dropped ids' logits (core/hooks.py, train/chunked.py).
+    frozen: torch.Tensor | None = None
+
+    def frozen_rows(self, like: torch.Tensor) -> torch.Tensor:
+        """The frozen rows on `like`'s device and dtype, moved there once (never a second copy)."""
+        assert self.frozen is not None
+        if self.frozen.device != like.device or self.frozen.dtype != like.dtype:
+            self.frozen = self.frozen.to(device=like.device, dtype=like.dtype)
+        return self.frozen
 
     @property
     def name(self) -> str:
@@ -120,6 +130,9 @@ class PrunedState:
     handles: list[Any] = field(default_factory=list)  # checkpoint hooks (state_dict, load)
     forward_handles: list[Any] = field(default_factory=list)  # id hooks (core/hooks.py)
     output_pruned: bool = False
+    # output="frozen": the head keeps the full softmax; its dropped rows are frozen (see
+    # PrunedTensor.frozen) and its logits stay over the original vocabulary.
+    frozen_head: bool = False
     # Which ids the pruned model reads: "original" (tokenizer ids, remapped inside the model)
     # or "kept" (the data was remapped by RemapCollator / remap_dataset).
     ids: str = "original"
@@ -130,7 +143,7 @@ class PrunedState:
     # while pruned (decoupled weight decay tracked by vocabprune.train.decay); 1 when absent.
     dropped_scale: dict[str, float] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)  # e.g. the attached DecayTracker
-    _index: dict[torch.device, torch.Tensor] = field(default_factory=dict)
+    _index: dict[Any, torch.Tensor] = field(default_factory=dict)
 
     def index(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """Kept ids as an int64 tensor on `device` (cached per device)."""
@@ -138,6 +151,33 @@ class PrunedState:
         if dev not in self._index:
             self._index[dev] = torch.as_tensor(self.kept.kept_ids, dtype=torch.long, device=dev)
         return self._index[dev]
+
+    def dropped(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The ids not kept, ascending, as an int64 tensor on `device` (cached per device)."""
+        dev = torch.device(device)
+        key = ("dropped", dev)
+        if key not in self._index:
+            mask = torch.ones(self.kept.vocab_size, dtype=torch.bool)
+            mask[self.index("cpu")] = False
+            self._index[key] = mask.nonzero().squeeze(1).to(dev)  # type: ignore[index]
+        return self._index[key]  # type: ignore[index]
+
+    def column_order(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """For each original id, its column among [kept columns, frozen columns]: gathering
+        those columns by it gives logits in token-id order; indexing it by a label gives the
+        label's column."""
+        dev = torch.device(device)
+        key = ("order", dev)
+        if key not in self._index:
+            order = torch.empty(self.kept.vocab_size, dtype=torch.long)
+            order[self.index("cpu")] = torch.arange(self.kept.size)
+            order[self.dropped("cpu")] = torch.arange(self.kept.size, self.kept.vocab_size)
+            self._index[key] = order.to(dev)  # type: ignore[index]
+        return self._index[key]  # type: ignore[index]
+
+    def frozen_tensors(self) -> list[PrunedTensor]:
+        """The head's weight (and bias) whose dropped rows are frozen, in that order."""
+        return [t for t in self.tensors if t.frozen is not None]
 
     def expand(
         self,

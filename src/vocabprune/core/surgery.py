@@ -25,8 +25,8 @@ from vocabprune.core.rowstore import RowStore
 from vocabprune.core.state import AttrChange, Owner, PrunedState, PrunedTensor, attach
 from vocabprune.core.vocab import KeptVocab
 
-OutputMode = Literal["auto", "prune", "keep"]
-OUTPUT_MODES = ("auto", "prune", "keep")
+OutputMode = Literal["auto", "prune", "frozen", "keep"]
+OUTPUT_MODES = ("auto", "prune", "frozen", "keep")
 IdsMode = Literal["original", "kept"]
 LogitsMode = Literal["auto", "kept", "full"]
 CONFIG_ID_HINT = "build the kept vocabulary with model=... so config ids are always kept"
@@ -111,7 +111,8 @@ def vocab_tensors(model: nn.Module, *, output: OutputMode = "auto") -> list[Prun
         found.append((head.weight, 0, True))
         if head.bias is not None:
             found.append((head.bias, 0, True))
-        for module in model.modules():
+        # A frozen head's logits stay over the whole vocabulary: logits biases stay whole.
+        for module in model.modules() if output != "frozen" else ():
             for table, is_param in ((module._buffers, False), (module._parameters, True)):
                 for name, value in table.items():
                     if value is not None and "logits_bias" in name and value.shape[-1] == rows:
@@ -251,6 +252,7 @@ class Surgery:
     tensors: list[PrunedTensor]
     full_shape: tuple[int, int]
     output_pruned: bool
+    frozen_head: bool = False
     module_changes: list[AttrChange] = field(default_factory=list)
     config_changes: list[AttrChange] = field(default_factory=list)
     ids: IdsMode = "original"
@@ -264,6 +266,11 @@ def plan(
     ids="original": the model keeps reading tokenizer ids (its config ids stay original);
     ids="kept": it reads kept ids, so its config ids follow the map too.
     """
+    if output == "frozen" and ids != "original":
+        raise VocabPruneError(
+            "output='frozen' keeps the logits over the original vocabulary; it reads original "
+            "ids (ids='original')"
+        )
     if ids not in hooks.IDS_MODES:
         raise VocabPruneError(f"ids must be one of {', '.join(hooks.IDS_MODES)}, not {ids!r}")
     if state_owner(model) is not None:
@@ -275,10 +282,15 @@ def plan(
     output_pruned = any(
         isinstance(m, nn.Linear) for t in tensors for m, a, _ in t.owners if a == "weight"
     )
+    frozen = output == "frozen"
+    if frozen and not output_pruned:
+        raise UnsupportedModelError(f"model {model_name(model)!r} has no output head to freeze")
     module_changes = size_changes(model, tensors, kept.vocab_size, kept.size)
     module_changes += _padding_changes(tensors, kept)
     config_changes: list[AttrChange] = []
-    if output_pruned or output_head(model) is None:  # config.vocab_size describes the live rows
+    # config.vocab_size describes the live rows, except under a frozen head, whose logits (and
+    # the loss the model reshapes by vocab_size) stay over the whole vocabulary.
+    if (output_pruned and not frozen) or output_head(model) is None:
         module_changes += module_vocab_changes(model, kept.vocab_size, kept.size)
         config_changes += config_vocab_change(model, kept.vocab_size, kept.size)
         gen = getattr(model, "generation_config", None)
@@ -287,8 +299,13 @@ def plan(
     if ids == "kept":
         config_changes += config_id_changes(model, kept)
     return Surgery(
-        model, kept, tensors, full_shape, output_pruned, module_changes, config_changes, ids
+        model, kept, tensors, full_shape, output_pruned, frozen, module_changes, config_changes, ids
     )
+
+
+def _is_head(tensor: PrunedTensor) -> bool:
+    """The weight or bias of a linear output head (tied or not)."""
+    return any(isinstance(m, nn.Linear) and a in ("weight", "bias") for m, a, _ in tensor.owners)
 
 
 RowSource = Callable[[PrunedTensor, torch.Tensor], tuple[torch.Tensor, RowStore]]
@@ -306,6 +323,8 @@ def perform(
     """
     if logits not in hooks.LOGITS_MODES:
         raise VocabPruneError(f"logits must be one of {', '.join(hooks.LOGITS_MODES)}: {logits!r}")
+    if surgery.frozen_head and logits == "kept":
+        raise VocabPruneError("output='frozen' gives logits over the original vocabulary, not kept")
     state = PrunedState(
         kept=surgery.kept,
         tensors=surgery.tensors,
@@ -313,6 +332,7 @@ def perform(
         module_changes=surgery.module_changes,
         config_changes=surgery.config_changes,
         output_pruned=surgery.output_pruned,
+        frozen_head=surgery.frozen_head,
         ids=surgery.ids,
         remapper=remapper,
         logits=logits,
@@ -322,9 +342,13 @@ def perform(
         live = tensor.live()
         small, store = rows(tensor, state.index(live.device))
         small = small.to(device=live.device, dtype=live.dtype)
-        prepared.append((tensor, live, small, store))
-    for tensor, live, small, store in prepared:
+        frozen = None
+        if surgery.frozen_head and _is_head(tensor):  # held once: no gradient, no optimizer state
+            frozen = live.detach().index_select(tensor.axis, state.dropped(live.device))
+        prepared.append((tensor, live, small, store, frozen))
+    for tensor, live, small, store, frozen in prepared:
         tensor.store = store
+        tensor.frozen = frozen
         tensor.set(
             nn.Parameter(small, requires_grad=live.requires_grad) if tensor.is_parameter else small
         )

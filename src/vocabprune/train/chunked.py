@@ -12,6 +12,10 @@ cross-entropy, mean over labelled tokens or over `num_items_in_batch`) to float 
     ...train...
     vp.restore(model)             # also takes the chunked forward off
 
+With a frozen head (prune(output="frozen")) the tiles cover the whole vocabulary: the dropped
+ids' columns come from the frozen rows (tiled_ce's frozen columns), so the loss and every
+gradient are the full softmax's, still without holding the [tokens x vocabulary] logits.
+
 Only a plain linear head is tiled. Its soft-capping and logit scale are read from the config, and
 on attaching, the tiled head's logits are checked against the model's own on a few tokens, so a
 model that computes its logits another way is refused instead of trained on a different loss.
@@ -27,9 +31,10 @@ import torch
 from torch import nn
 
 from vocabprune.core.errors import UnsupportedModelError, VocabPruneError
+from vocabprune.core.hooks import FUSED_CALL, frozen_parts
 from vocabprune.core.model import model_name, output_head, state_owner
 from vocabprune.core.state import PrunedState, get_state
-from vocabprune.train.tiled_ce import IGNORE, tile_logits, tiled_cross_entropy
+from vocabprune.train.tiled_ce import IGNORE, tile_logits, tiled_cross_entropy, tiled_token_stats
 
 EXTRA_KEY = "chunked_loss"
 TILE_VALUES = 1 << 23  # logits per tile by default: 32 MB in float32
@@ -80,7 +85,8 @@ def chunked_loss(model: Any, *, tile_tokens: int | None = None) -> Any:
             f"{name!r} already has its own forward on the instance (another fused head?); "
             "chunked_loss would replace it"
         )
-    tile = int(tile_tokens) if tile_tokens is not None else max(1, TILE_VALUES // state.kept.size)
+    columns = state.kept.vocab_size if state.frozen_head else state.kept.size
+    tile = int(tile_tokens) if tile_tokens is not None else max(1, TILE_VALUES // columns)
     head = _head_math(text)
     _check_head(owner, state, head)
     original = owner.forward
@@ -98,7 +104,7 @@ def chunked_loss(model: Any, *, tile_tokens: int | None = None) -> Any:
         if len(args) > len(params):
             raise VocabPruneError(f"{name!r} takes at most {len(params)} positional arguments")
         kwargs.update(zip(params, args, strict=False))
-        return _tiled_forward(owner, tile, head, kwargs)
+        return _tiled_forward(owner, state, tile, head, kwargs)
 
     owner.forward = forward
     state.extras[EXTRA_KEY] = _ChunkedForward(owner)
@@ -124,6 +130,33 @@ def _plain_head(owner: nn.Module) -> nn.Linear:
     return head
 
 
+def _frozen(state: PrunedState, weight: torch.Tensor) -> dict[str, Any]:
+    """The frozen columns of a frozen head (scaled by their weight-decay factor), else none."""
+    if not state.frozen_head:
+        return {}
+    rows, bias, scale, bias_scale = frozen_parts(state, weight)
+    return {
+        "frozen": rows,  # scaled inside the tiles: no copy of the frozen rows per step
+        "frozen_scale": scale,
+        "frozen_bias": bias if bias is None or bias_scale == 1.0 else bias * bias_scale,
+    }
+
+
+def _all_columns(
+    state: PrunedState, hidden: torch.Tensor, linear: nn.Linear, head: tuple[float, float | None]
+) -> torch.Tensor:
+    """The tiles' logits of `hidden` in the model's column order (a frozen head's: token ids)."""
+    weight, bias = _weights(linear)
+    got = tile_logits(hidden, weight, bias, *head)
+    extra = _frozen(state, weight)
+    if not extra:
+        return got
+    frozen = tile_logits(
+        hidden, extra["frozen"], extra["frozen_bias"], *head, weight_scale=extra["frozen_scale"]
+    )
+    return torch.cat([got, frozen], dim=-1).index_select(-1, state.column_order(got.device))
+
+
 def _weights(head: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The head's weight and bias as plain tensors (FSDP2 shards are gathered)."""
     weight, bias = head.weight, head.bias
@@ -145,7 +178,7 @@ def _check_head(owner: nn.Module, state: PrunedState, head: tuple[float, float |
         with torch.no_grad():
             want = type(owner).forward(owner, input_ids=probe, use_cache=False).logits.float()
             hidden = owner.base_model(input_ids=probe, use_cache=False).last_hidden_state
-            got = tile_logits(hidden[0], *_weights(linear), *head)
+            got = _all_columns(state, hidden[0], linear, head).float()
     finally:
         owner.train(was_training)
     tol = 1e-3 * (1.0 + float(want.abs().max()))
@@ -157,7 +190,11 @@ def _check_head(owner: nn.Module, state: PrunedState, head: tuple[float, float |
 
 
 def _tiled_forward(
-    owner: nn.Module, tile: int, head: tuple[float, float | None], kwargs: dict[str, Any]
+    owner: nn.Module,
+    state: PrunedState,
+    tile: int,
+    head: tuple[float, float | None],
+    kwargs: dict[str, Any],
 ) -> Any:
     """The model's training forward with the loss in tiles: backbone, then tiled cross-entropy."""
     from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -174,16 +211,15 @@ def _tiled_forward(
     else:
         targets = shift_labels
     weight, bias = _weights(_plain_head(owner))
+    shape = targets.shape
     targets = targets.to(weight.device).reshape(-1)
-    nll = tiled_cross_entropy(
-        hidden.to(weight.device).reshape(-1, hidden.shape[-1]),
-        weight,
-        bias,
-        targets,
-        tile=tile,
-        scale=head[0],
-        softcap=head[1],
-    )
+    extra = _frozen(state, weight)
+    if extra:  # labels are token ids: their columns among [kept, frozen]
+        order = state.column_order(targets.device)
+        targets = torch.where(targets == IGNORE, IGNORE, order[targets.clamp(min=0)])
+    flat = hidden.to(weight.device).reshape(-1, hidden.shape[-1])
+    math = {"tile": tile, "scale": head[0], "softcap": head[1], **extra}
+    nll = tiled_cross_entropy(flat, weight, bias, targets, **math)
     if items is None:  # the mean over labelled tokens (0/0 is NaN, as in cross_entropy)
         loss = nll.sum() / (targets != IGNORE).sum()
     else:
@@ -191,4 +227,13 @@ def _tiled_forward(
     output = CausalLMOutputWithPast(
         loss=loss, hidden_states=out.hidden_states, attentions=out.attentions
     )
+    if FUSED_CALL in state.extras:  # TRL's fused head (core/hooks.py): per-token statistics
+        entropy, top1 = tiled_token_stats(flat, weight, bias, targets, **math)
+        mask = (targets != IGNORE).reshape(shape)
+        output.token_stats = (
+            -nll.reshape(shape),
+            entropy.reshape(shape),
+            top1.reshape(shape),
+            mask,
+        )
     return output.to_tuple() if return_dict is False else output
