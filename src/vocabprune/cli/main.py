@@ -44,6 +44,7 @@ def cmd_analyze(args: argparse.Namespace) -> dict[str, Any]:
 
     opts = AnalyzeOptions(
         **_data(args),
+        task=args.task,
         min_count=args.min_count,
         save_kept=args.save_kept,
         save_counts=args.save_counts,
@@ -53,6 +54,11 @@ def cmd_analyze(args: argparse.Namespace) -> dict[str, Any]:
     report, _ = analyze(opts)
     if not args.json:
         print(format_report(report))
+        for key, what in (("kept_vocab_file", "kept vocabulary"), ("counts_file", "counts")):
+            if report.get(key):
+                print(f"{what} written to {report[key]}")
+        if report.get("plot_file"):
+            print(f"figure (vocabulary growth, top-k coverage) written to {report['plot_file']}")
     return report
 
 

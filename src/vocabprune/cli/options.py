@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from vocabprune.core.errors import VocabPruneError
+from vocabprune.data.tasks import DEFAULT_MAX_LENGTH, TASKS
 
-TASKS = ("classification", "masked-lm", "causal-lm", "seq2seq", "sentence-embedding")
 UNKNOWN_POLICIES = ("error", "unk", "grow")
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 MAX_SEED = 2**32 - 1
@@ -42,6 +42,12 @@ def check_float(name: str, value: Any, *, low: float, high: float | None = None,
     if not ok:
         bounds = f"{'>' if open_low else '>='} {low:g}" + (f" and < {high:g}" if high else "")
         raise OptionError(f"{_flag(name)} must be a finite number {bounds}, not {value!r}")
+
+
+def check_task(task: Any) -> None:
+    """One of the tasks of data/tasks.py (how the data is encoded, what is trained)."""
+    if task not in TASKS:
+        raise OptionError(f"--task must be one of {', '.join(TASKS)}, not {task!r}")
 
 
 def check_output(name: str, value: Any, *, overwrite: bool | None = None) -> None:
@@ -84,8 +90,11 @@ class DataOptions:
 
 @dataclass(kw_only=True)
 class AnalyzeOptions(DataOptions):
-    """`vocabprune analyze`."""
+    """`vocabprune analyze`: counts the data as `finetune --task` will encode it (data/tasks.py),
+    at the same default length."""
 
+    task: str = "classification"
+    max_length: int | None = DEFAULT_MAX_LENGTH  # None: the model's own limit, as finetune
     min_count: int = 1
     save_kept: str | None = None
     save_counts: str | None = None
@@ -94,6 +103,7 @@ class AnalyzeOptions(DataOptions):
 
     def validate(self) -> None:
         super().validate()
+        check_task(self.task)
         check_int("min_count", self.min_count, low=1)
         if self.save_kept is not None:
             check_output("save_kept", self.save_kept)
@@ -118,7 +128,7 @@ class FinetuneOptions(DataOptions):
     out: str
     eval_data: Sequence[str] = ()
     label_column: str | None = None
-    max_length: int | None = 128
+    max_length: int | None = DEFAULT_MAX_LENGTH
     max_steps: int = -1
     epochs: float = 1.0
     batch_size: int = 16
@@ -140,8 +150,7 @@ class FinetuneOptions(DataOptions):
 
     def validate(self) -> None:
         super().validate()
-        if self.task not in TASKS:
-            raise OptionError(f"--task must be one of {', '.join(TASKS)}, not {self.task!r}")
+        check_task(self.task)
         check_output("out", self.out, overwrite=self.overwrite)
         if self.max_steps != -1:
             check_int("max_steps", self.max_steps, low=1)

@@ -20,6 +20,7 @@ from vocabprune.cli.options import FinetuneOptions
 from vocabprune.core.errors import VocabPruneError
 from vocabprune.core.files import atomic_dir
 from vocabprune.data.sources import Examples, read_examples
+from vocabprune.data.tasks import task_examples
 
 
 def _imports() -> tuple[Any, Any, Any]:
@@ -50,7 +51,9 @@ def retrieval_scores(model: Any, first: list[str], second: list[str]) -> dict[st
 
 
 def _pairs(paths: list[str], text_column: str | None) -> Examples:
-    return read_examples(paths, text_column).title_body(", ".join(map(str, paths)))
+    """The pairs, as the task reads them (data/tasks.py, the rule `analyze --task` counts by)."""
+    source = ", ".join(map(str, paths))
+    return task_examples(read_examples(paths, text_column), "sentence-embedding", source)
 
 
 def _trainer(opts: FinetuneOptions, model: Any, train: Any, scratch: str, log: Any) -> Any:
