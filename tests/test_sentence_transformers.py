@@ -264,3 +264,28 @@ def test_analyze_task_counts_what_the_sentence_embedding_task_trains_on(
     argv = [*finetune, "--kept", str(tmp_path / "sentence-embedding.json")]
     assert main([*argv, "--out", str(tmp_path / "out")]) == 0
     assert json.loads(capsys.readouterr().out)["kept_tokens"] == kept.size
+
+
+@pytest.mark.slow
+def test_sentence_embedding_task_leaves_out_a_pooler_the_checkpoint_lacks(tmp_path, caplog):
+    """The packaged e5 has no pooler and mean pooling never reads one: the task builds none (no
+    random, unseeded 147,840 parameters in the output or the counts, no MISSING load report)."""
+    import json
+    import logging
+
+    from safetensors import safe_open
+
+    from vocabprune.cli.main import main
+    from vocabprune.fixtures import e5_path
+
+    e5 = e5_path()
+    argv = ["finetune", "--task", "sentence-embedding", "--model", str(e5), "--limit", "16"]
+    argv += ["--max-steps", "1", "--batch-size", "4", "--max-length", "32", "--json"]
+    with caplog.at_level(logging.WARNING):
+        assert main([*argv, "--out", str(tmp_path / "out")]) == 0
+    assert "MISSING" not in caplog.text
+    report = json.loads((tmp_path / "out" / "vocabprune_run.json").read_text())
+    assert report["full_trainable_params"] == 117_505_920  # docs/fixtures.md: no pooler
+    with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
+        names = list(f.keys())  # noqa: SIM118 - safe_open is not a dict
+    assert names and not [k for k in names if "pooler" in k]
