@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from vocabprune.core.errors import VocabPruneError
+from vocabprune.core.files import check_model_folder
+from vocabprune.data.sources import check_source
 from vocabprune.data.tasks import DEFAULT_MAX_LENGTH, TASKS
 
 UNKNOWN_POLICIES = ("error", "unk", "grow")
@@ -86,6 +88,18 @@ class DataOptions:
                 raise OptionError(
                     f"--text-column takes one column or two (a pair): {self.text_column!r}"
                 )
+
+    def check_paths(self) -> None:
+        """The inputs exist (--model, --data, --eval-data, --kept): a wrong path fails at once,
+        before the seconds of loading torch and transformers."""
+        if self.model is not None:
+            check_model_folder(self.model)
+        for path in [*self.data, *getattr(self, "eval_data", ())]:
+            check_source(path)
+        kept = getattr(self, "kept", None)
+        if kept is not None and not Path(kept).is_file():
+            what = "is a folder, not a file" if Path(kept).is_dir() else "not found"
+            raise OptionError(f"--kept {kept}: {what}")
 
 
 @dataclass(kw_only=True)
