@@ -144,10 +144,16 @@ def run_bash(block: Block, cwd: Path) -> str:
     for command in _commands(block.code):
         command = re.sub(r"(^|[;&|]\s*)vocabprune\b", lambda m: m.group(1) + vp, command)
         proc = subprocess.run(
-            ["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+            ["bash", "-c", command],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,  # in the order a terminal shows them
+            text=True,
+            timeout=600,
         )
-        output += proc.stdout + proc.stderr
-        assert proc.returncode == 0, f"{block.where}: `{command}` failed:\n{proc.stderr[-3000:]}"
+        output += proc.stdout
+        assert proc.returncode == 0, f"{block.where}: `{command}` failed:\n{proc.stdout[-3000:]}"
     return output
 
 
