@@ -127,6 +127,8 @@ def run_python(block: Block, namespace: dict) -> str:
         and str(w.filename).startswith(f"<{block.where}")
     ]
     assert not ours, f"{block.where}: the recipe causes {ours}"
+    for w in caught:  # the others reach pytest's warnings summary
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return out.getvalue()
 
 
