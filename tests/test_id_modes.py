@@ -89,3 +89,26 @@ def test_labels_outside_the_kept_vocabulary_are_refused(minilm_dir, minilm_token
         model(**batch, labels=labels)
     assert vp.is_pruned(model)
     model(**batch, labels=batch["input_ids"])  # kept labels: fine
+
+
+def test_the_unknown_token_error_names_the_first_unknown_token_and_its_example(
+    minilm_dir, minilm_tokenizer
+):
+    """A batch with unknown tokens names the first one in text order (not the lowest id) and
+    the example it is in, so one bad text among many is found without a search."""
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_dir, num_labels=2).eval()
+    kept = vp.build_kept_vocab(minilm_tokenizer, ["the match ended in a draw"], model=model)
+    vp.prune(model, kept)
+    texts = ["the match ended", "the draw", "the zebra and the aardvark", "the piano"]
+    batch = minilm_tokenizer(texts, padding=True, return_tensors="pt")
+    zebra, aardvark = minilm_tokenizer.convert_tokens_to_ids(["zebra", "aardvark"])
+    assert aardvark < zebra  # the lowest unknown id is not the first one in the text
+    message = rf"token 'zebra' \(id {zebra}\) in example 2 of the batch, position 2, is not in"
+    with pytest.raises(vp.UnknownTokenError, match=message):
+        model(**batch)
+    remapper = vp.IdRemapper(kept, tokenizer=minilm_tokenizer)  # ragged rows: the same rule
+    rows = minilm_tokenizer(texts)["input_ids"]
+    with pytest.raises(vp.UnknownTokenError, match=message):
+        remapper(rows)
+    with pytest.raises(vp.UnknownTokenError, match=r"'piano' \(id \d+\) at position 2 is"):
+        remapper(rows[3])

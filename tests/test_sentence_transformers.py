@@ -230,3 +230,62 @@ def test_cli_sentence_embedding_task(tmp_path):
     got, want = pruned.state_dict(), full.state_dict()
     assert pruned[0].auto_model.get_input_embeddings().num_embeddings == 30522
     assert max((got[k] - want[k]).abs().max().item() for k in want) <= 1e-5
+
+
+def test_analyze_task_counts_what_the_sentence_embedding_task_trains_on(
+    tmp_path, pairs, minilm_tokenizer, capsys
+):
+    """One encoding rule (data/tasks.py): `analyze --task sentence-embedding` counts each column
+    alone at the task's length, so its --save-kept is what `finetune --task sentence-embedding
+    --kept` needs; a pair truncated together (classification) lacks ids the task reads."""
+    import json
+
+    from vocabprune.cli.main import main
+
+    data = tmp_path / "pairs.jsonl"
+    rows = [json.dumps({"a": a, "b": b}) for a, b in zip(*pairs, strict=True)][:12]
+    data.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    common = ["--data", str(data), "--text-column", "a,b", "--max-length", "16"]
+    for task in ("sentence-embedding", "classification"):
+        argv = ["analyze", *common, "--task", task, "--json"]
+        assert main([*argv, "--save-kept", str(tmp_path / f"{task}.json")]) == 0
+    report = json.loads(capsys.readouterr().out.split("\n}\n")[0] + "\n}")
+    enc = minilm_tokenizer(pairs[0][:12] + pairs[1][:12], truncation=True, max_length=16)
+    want = {i for row in enc["input_ids"] for i in row}
+    assert report["task"] == "sentence-embedding" and report["ids_in_data"] == len(want)
+    kept = vp.KeptVocab.load(tmp_path / "sentence-embedding.json")
+    assert want <= set(kept.kept_ids.tolist())
+    assert report["columns_ids_in_all"] <= report["ids_in_data"]
+    finetune = ["finetune", *common, "--task", "sentence-embedding", "--max-steps", "1"]
+    finetune += ["--batch-size", "4", "--json"]
+    argv = [*finetune, "--kept", str(tmp_path / "classification.json")]
+    assert main([*argv, "--out", str(tmp_path / "refused")]) == 2
+    assert "lacks" in capsys.readouterr().err
+    argv = [*finetune, "--kept", str(tmp_path / "sentence-embedding.json")]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 0
+    assert json.loads(capsys.readouterr().out)["kept_tokens"] == kept.size
+
+
+@pytest.mark.slow
+def test_sentence_embedding_task_leaves_out_a_pooler_the_checkpoint_lacks(tmp_path, caplog):
+    """The packaged e5 has no pooler and mean pooling never reads one: the task builds none (no
+    random, unseeded 147,840 parameters in the output or the counts, no MISSING load report)."""
+    import json
+    import logging
+
+    from safetensors import safe_open
+
+    from vocabprune.cli.main import main
+    from vocabprune.fixtures import e5_path
+
+    e5 = e5_path()
+    argv = ["finetune", "--task", "sentence-embedding", "--model", str(e5), "--limit", "16"]
+    argv += ["--max-steps", "1", "--batch-size", "4", "--max-length", "32", "--json"]
+    with caplog.at_level(logging.WARNING):
+        assert main([*argv, "--out", str(tmp_path / "out")]) == 0
+    assert "MISSING" not in caplog.text
+    report = json.loads((tmp_path / "out" / "vocabprune_run.json").read_text())
+    assert report["full_trainable_params"] == 117_505_920  # docs/fixtures.md: no pooler
+    with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
+        names = list(f.keys())  # noqa: SIM118 - safe_open is not a dict
+    assert names and not [k for k in names if "pooler" in k]

@@ -6,52 +6,90 @@ vocabprune.prune(model, kept)      # kept rows only, in place; the model still r
 vocabprune.restore(model)          # an ordinary full model again
 """
 
-from typing import Any
-
-from vocabprune.core.errors import (
-    MismatchError,
-    ScanError,
-    UnknownTokenError,
-    UnsupportedModelError,
-    VocabPruneError,
-)
-from vocabprune.core.hooks import column_ids
-from vocabprune.core.ids import IdRemapper
-from vocabprune.core.load_pruned import load_pruned
-from vocabprune.core.prune import prune, pruned
-from vocabprune.core.remap import RemapCollator, remap_dataset
-from vocabprune.core.restore import restore
-from vocabprune.core.state import get_state, is_pruned
-from vocabprune.core.vocab import KeptVocab
-from vocabprune.data.counts import Counts, load_counts, merge_counts, save_counts
-from vocabprune.data.scan import (
-    ScanResult,
-    build_kept_vocab,
-    count_shard,
-    count_texts,
-    count_token_ids,
-    scan,
-)
-from vocabprune.deploy.compact import compact_pipeline, load_compact
-from vocabprune.train.chunked import chunked_loss
-from vocabprune.train.decay import track_weight_decay
-from vocabprune.train.generation import generate
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# Imported on first use: they pull in transformers' Trainer.
+# Every public name, imported from its layer on first use: `import vocabprune` (and the command
+# line, which validates its options before any work) stays light; torch and transformers load
+# when the first function that needs them is used.
 _LAZY = {
+    **dict.fromkeys(
+        ("MismatchError", "ScanError", "UnknownTokenError", "UnsupportedModelError"),
+        "vocabprune.core.errors",
+    ),
+    "VocabPruneError": "vocabprune.core.errors",
+    "column_ids": "vocabprune.core.hooks",
+    "IdRemapper": "vocabprune.core.ids",
+    "load_pruned": "vocabprune.core.load_pruned",
+    "prune": "vocabprune.core.prune",
+    "pruned": "vocabprune.core.prune",
+    "RemapCollator": "vocabprune.core.remap",
+    "remap_dataset": "vocabprune.core.remap",
+    "restore": "vocabprune.core.restore",
+    "get_state": "vocabprune.core.state",
+    "is_pruned": "vocabprune.core.state",
+    "KeptVocab": "vocabprune.core.vocab",
+    **dict.fromkeys(
+        ("Counts", "load_counts", "merge_counts", "save_counts"), "vocabprune.data.counts"
+    ),
+    **dict.fromkeys(
+        ("ScanResult", "build_kept_vocab", "count_shard", "count_texts", "count_token_ids", "scan"),
+        "vocabprune.data.scan",
+    ),
+    "compact_pipeline": "vocabprune.deploy.compact",
+    "load_compact": "vocabprune.deploy.compact",
+    "chunked_loss": "vocabprune.train.chunked",
+    "track_weight_decay": "vocabprune.train.decay",
+    "generate": "vocabprune.train.generation",
     "VocabPruneCallback": "vocabprune.train.callback",
     "check_resume": "vocabprune.train.callback",
 }
+
+if TYPE_CHECKING:  # the names as static tools see them
+    from vocabprune.core.errors import (
+        MismatchError,
+        ScanError,
+        UnknownTokenError,
+        UnsupportedModelError,
+        VocabPruneError,
+    )
+    from vocabprune.core.hooks import column_ids
+    from vocabprune.core.ids import IdRemapper
+    from vocabprune.core.load_pruned import load_pruned
+    from vocabprune.core.prune import prune, pruned
+    from vocabprune.core.remap import RemapCollator, remap_dataset
+    from vocabprune.core.restore import restore
+    from vocabprune.core.state import get_state, is_pruned
+    from vocabprune.core.vocab import KeptVocab
+    from vocabprune.data.counts import Counts, load_counts, merge_counts, save_counts
+    from vocabprune.data.scan import (
+        ScanResult,
+        build_kept_vocab,
+        count_shard,
+        count_texts,
+        count_token_ids,
+        scan,
+    )
+    from vocabprune.deploy.compact import compact_pipeline, load_compact
+    from vocabprune.train.callback import VocabPruneCallback, check_resume
+    from vocabprune.train.chunked import chunked_loss
+    from vocabprune.train.decay import track_weight_decay
+    from vocabprune.train.generation import generate
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
     raise AttributeError(f"module 'vocabprune' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
 
 
 __all__ = [

@@ -1,6 +1,8 @@
 """`vocabprune analyze`: how much of the vocabulary the data uses and what pruning would save,
 before training.
 
+The data is counted as `finetune --task` encodes it (data/tasks.py) at the length it truncates to
+(`cli/steps.max_length`, the same default), so `analyze --save-kept` covers what finetune sees.
 The model is built on the meta device from its config, so counting parameters loads no weights.
 """
 
@@ -10,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+import vocabprune.cli.steps as steps
 from vocabprune.cli.defaults import default_data, default_model
 from vocabprune.cli.options import AnalyzeOptions
 from vocabprune.core.loaders import load_config, load_tokenizer
@@ -48,7 +51,12 @@ def _memory(plan: Any) -> dict[str, Any]:
 
 
 def _per_column(
-    tokenizer: Any, sources: list[Any], columns: list[str], opts: AnalyzeOptions, rows: int
+    tokenizer: Any,
+    sources: list[Any],
+    columns: list[str],
+    length: int,
+    opts: AnalyzeOptions,
+    rows: int,
 ) -> dict[str, Any]:
     """Sentence pairs: the ids each text column uses on its own, and the ids all of them use."""
     per_column, used = {}, []
@@ -57,7 +65,7 @@ def _per_column(
             tokenizer,
             *sources,
             text_column=column,
-            max_length=opts.max_length,
+            max_length=length,
             vocab_size=rows,
             progress=opts.progress,
         ).counts
@@ -89,18 +97,20 @@ def analyze(opts: AnalyzeOptions) -> tuple[dict[str, Any], KeptVocab]:
     """Scan the data with the model's tokenizer; report kept ids, parameters and bytes, and write
     the files asked for (kept vocabulary, counts, plot)."""
     opts.validate()
-    model_path = opts.model or default_model()
+    model_path = opts.model or default_model(opts.task)
     sources = list(opts.data) or default_data()
     tokenizer = load_tokenizer(model_path)
     model = meta_model(model_path)
     rows = int(model.get_input_embeddings().weight.shape[0])
+    length = steps.max_length(opts, tokenizer, model)  # the length finetune truncates to
     result = scan(
         tokenizer,
         *sources,
         text_column=opts.text_column,
-        max_length=opts.max_length,
+        max_length=length,
         vocab_size=rows,
         progress=opts.progress,
+        task=opts.task,
     )
     counts = result.counts
     kept = KeptVocab.from_counts(
@@ -109,14 +119,14 @@ def analyze(opts: AnalyzeOptions) -> tuple[dict[str, Any], KeptVocab]:
         model=model,
         min_count=opts.min_count,
         vocab_size=rows,
-        meta={"max_length": opts.max_length, "total_tokens": result.total_tokens},
+        meta={"max_length": length, "task": opts.task, "total_tokens": result.total_tokens},
     )
     report = _report(
         opts, model_path, sources, tokenizer, result, kept, budget(model, kept.size, rows)
     )
     columns = [c.strip() for c in (opts.text_column or "").split(",") if c.strip()]
     if len(columns) > 1:
-        report.update(_per_column(tokenizer, sources, columns, opts, rows))
+        report.update(_per_column(tokenizer, sources, columns, length, opts, rows))
     _write_outputs(opts, report, kept, counts, tokenizer)
     return report, kept
 
@@ -135,7 +145,8 @@ def _report(
     return {
         "model": model_path,
         "data": [str(s) for s in sources],
-        "max_length": opts.max_length,
+        "task": opts.task,
+        "max_length": kept.meta["max_length"],
         "vocab_size": rows,
         "tokenizer_size": len(tokenizer),
         "used_tokens": kept.size,
@@ -173,7 +184,8 @@ def format_report(report: dict[str, Any]) -> str:
     """A table a person can read."""
     rows = [
         ("model", report["model"]),
-        ("max length", report["max_length"] or "none (untruncated)"),
+        ("task", f"{report['task']} (the data counted as finetune --task encodes it)"),
+        ("max length", report["max_length"]),
         ("examples", f"{report['examples']:,}"),
         ("tokens", f"{report['total_tokens']:,}"),
         ("vocabulary", f"{report['vocab_size']:,} ids"),
@@ -237,6 +249,10 @@ def format_memory(report: dict[str, Any]) -> list[str]:
         "training memory, weights + gradients + optimizer states (activations not included):",
         f"  {'regime':<11} {'bytes/param':<14} {'full':>12} {'pruned':>12} {'floor':>12}",
     ]
+    note = (
+        "  floor: the model without its embedding + the kept rows, the least any pruning of "
+        "this data\n  can hold; vocabprune's pruned model is exactly that, so pruned = floor"
+    )
     for regime, m in memory.items():
         per = m["bytes_per_param"]
         per_text = f"{per['weights']}+{per['grads']}+{per['optimizer']}={sum(per.values())}"
@@ -244,4 +260,4 @@ def format_memory(report: dict[str, Any]) -> list[str]:
             f"  {regime:<11} {per_text:<14} {_mb(m['full']['total']):>12} "
             f"{_mb(m['pruned']['total']):>12} {_mb(m['floor']['total']):>12}"
         )
-    return lines
+    return [*lines, note]

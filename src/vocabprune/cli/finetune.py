@@ -21,6 +21,7 @@ from vocabprune.cli.options import FinetuneOptions
 from vocabprune.core.errors import ScanError
 from vocabprune.core.loaders import load_model, load_tokenizer
 from vocabprune.data.sources import read_examples
+from vocabprune.data.tasks import task_texts
 from vocabprune.train import distributed as vpdist
 
 
@@ -117,7 +118,8 @@ def _load(opts: FinetuneOptions, say: steps.Say) -> Loaded:
         id2label=dict(enumerate(data.label_names)),
         label2id={n: i for i, n in enumerate(data.label_names)},
     )
-    args = (data.texts,) if data.pairs is None else (data.texts, data.pairs)
+    texts, pairs = task_texts(data.texts, data.pairs, opts.task)  # the rule analyze counts by
+    args = (texts,) if pairs is None else (texts, pairs)
     length = steps.max_length(opts, tokenizer, model)
     encodings = dict(tokenizer(*args, **steps.tokenize_kwargs(length)))
     return Loaded(model_path, data, rows, tokenizer, encodings, model)

@@ -31,6 +31,7 @@ from vocabprune.cli.options import FinetuneOptions
 from vocabprune.core.errors import ScanError, VocabPruneError
 from vocabprune.core.loaders import load_model, load_tokenizer
 from vocabprune.data.sources import read_examples
+from vocabprune.data.tasks import task_examples
 from vocabprune.train.chunked import chunked_loss
 from vocabprune.train.collators import CausalLMCollator, MaskedLMCollator, heldout_nll
 
@@ -67,8 +68,10 @@ class _Rows:
 
 
 def load_texts(paths: list[str], text_column: str | None) -> list[str]:
-    """Texts from files or labelled folders (labels, if any, are ignored); pairs are joined."""
-    texts = [t for t in read_examples(paths, text_column).joined() if t and t.strip()]
+    """Texts from files or labelled folders (labels, if any, are ignored), as language
+    modelling reads them (data/tasks.py: a pair is one text)."""
+    shaped = task_examples(read_examples(paths, text_column), "causal-lm")
+    texts = [t for t in shaped.texts if t and t.strip()]
     if not texts:
         raise ScanError("the data holds no non-empty texts")
     return texts
@@ -76,9 +79,8 @@ def load_texts(paths: list[str], text_column: str | None) -> list[str]:
 
 def load_pairs(paths: list[str], text_column: str | None) -> tuple[list[str], list[str]]:
     """(sources, targets) for seq2seq: --text-column source,target."""
-    examples = read_examples(paths, text_column)
-    if examples.pairs is None:
-        raise ScanError("--task seq2seq reads (source, target) pairs: --text-column source,target")
+    examples = task_examples(read_examples(paths, text_column), "seq2seq", ", ".join(paths))
+    assert examples.pairs is not None
     return examples.texts, examples.pairs
 
 

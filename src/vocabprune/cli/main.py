@@ -39,20 +39,35 @@ def _data(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def cmd_analyze(args: argparse.Namespace) -> dict[str, Any]:
-    from vocabprune.cli.analyze import analyze, format_report
+def _ready(opts: Any) -> None:
+    """Options and input paths checked before the heavy imports (torch, transformers: seconds),
+    so a wrong flag or path fails at once; then transformers is told to keep quiet."""
+    opts.validate()
+    opts.check_paths()
+    _quiet_transformers()
 
+
+def cmd_analyze(args: argparse.Namespace) -> dict[str, Any]:
     opts = AnalyzeOptions(
         **_data(args),
+        task=args.task,
         min_count=args.min_count,
         save_kept=args.save_kept,
         save_counts=args.save_counts,
         plot=args.plot,
         progress=False if args.json else None,
     )
+    _ready(opts)
+    from vocabprune.cli.analyze import analyze, format_report
+
     report, _ = analyze(opts)
     if not args.json:
         print(format_report(report))
+        for key, what in (("kept_vocab_file", "kept vocabulary"), ("counts_file", "counts")):
+            if report.get(key):
+                print(f"{what} written to {report[key]}")
+        if report.get("plot_file"):
+            print(f"figure (vocabulary growth, top-k coverage) written to {report['plot_file']}")
     return report
 
 
@@ -75,14 +90,15 @@ def _finetune_line(report: dict[str, Any]) -> str:
 
 
 def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
-    from vocabprune.cli.finetune import run_finetune
-    from vocabprune.cli.lm import run_lm_finetune
-    from vocabprune.cli.sentence import run_sentence_finetune
-
     names = ("out", "eval_data", "label_column", "max_steps", "epochs", "batch_size", "lr")
     names += ("weight_decay", "seed", "eval_fraction", "prune", "overwrite", "limit", "kept")
     names += ("save_steps", "checkpoint_dir", "resume", "task", "chunked_loss", "lm_head")
     opts = FinetuneOptions(**_data(args), **{n: getattr(args, n) for n in names})
+    _ready(opts)
+    from vocabprune.cli.finetune import run_finetune
+    from vocabprune.cli.lm import run_lm_finetune
+    from vocabprune.cli.sentence import run_sentence_finetune
+
     # Trainer prints its logs on stdout: keep stdout for the one JSON object.
     with contextlib.redirect_stdout(sys.stderr):
         if opts.task == "classification":
@@ -98,10 +114,11 @@ def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
-    from vocabprune.cli.prune import run_prune
-
     names = ("out", "standalone", "min_count", "target_size", "unknown", "overwrite", "kept")
     opts = PruneOptions(**_data(args), **{n: getattr(args, n) for n in names})
+    _ready(opts)
+    from vocabprune.cli.prune import run_prune
+
     report = run_prune(opts, log=_say(args))
     if not args.json:
         print(
@@ -199,7 +216,6 @@ def _print_json(report: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_transformers()
     try:
         with _terminate_as_interrupt():
             report = COMMANDS[args.command](args)

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from vocabprune.core.errors import VocabPruneError
+from vocabprune.core.files import check_model_folder
+from vocabprune.data.sources import check_source
+from vocabprune.data.tasks import DEFAULT_MAX_LENGTH, TASKS
 
-TASKS = ("classification", "masked-lm", "causal-lm", "seq2seq", "sentence-embedding")
 UNKNOWN_POLICIES = ("error", "unk", "grow")
 # How a pruned LM head trains: the full softmax with the dropped rows frozen, or the softmax over
 # the kept ids only (prune(output="frozen") / prune(output="prune")).
@@ -45,6 +47,12 @@ def check_float(name: str, value: Any, *, low: float, high: float | None = None,
     if not ok:
         bounds = f"{'>' if open_low else '>='} {low:g}" + (f" and < {high:g}" if high else "")
         raise OptionError(f"{_flag(name)} must be a finite number {bounds}, not {value!r}")
+
+
+def check_task(task: Any) -> None:
+    """One of the tasks of data/tasks.py (how the data is encoded, what is trained)."""
+    if task not in TASKS:
+        raise OptionError(f"--task must be one of {', '.join(TASKS)}, not {task!r}")
 
 
 def check_output(name: str, value: Any, *, overwrite: bool | None = None) -> None:
@@ -84,11 +92,26 @@ class DataOptions:
                     f"--text-column takes one column or two (a pair): {self.text_column!r}"
                 )
 
+    def check_paths(self) -> None:
+        """The inputs exist (--model, --data, --eval-data, --kept): a wrong path fails at once,
+        before the seconds of loading torch and transformers."""
+        if self.model is not None:
+            check_model_folder(self.model)
+        for path in [*self.data, *getattr(self, "eval_data", ())]:
+            check_source(path)
+        kept = getattr(self, "kept", None)
+        if kept is not None and not Path(kept).is_file():
+            what = "is a folder, not a file" if Path(kept).is_dir() else "not found"
+            raise OptionError(f"--kept {kept}: {what}")
+
 
 @dataclass(kw_only=True)
 class AnalyzeOptions(DataOptions):
-    """`vocabprune analyze`."""
+    """`vocabprune analyze`: counts the data as `finetune --task` will encode it (data/tasks.py),
+    at the same default length."""
 
+    task: str = "classification"
+    max_length: int | None = DEFAULT_MAX_LENGTH  # None: the model's own limit, as finetune
     min_count: int = 1
     save_kept: str | None = None
     save_counts: str | None = None
@@ -97,6 +120,7 @@ class AnalyzeOptions(DataOptions):
 
     def validate(self) -> None:
         super().validate()
+        check_task(self.task)
         check_int("min_count", self.min_count, low=1)
         if self.save_kept is not None:
             check_output("save_kept", self.save_kept)
@@ -121,7 +145,7 @@ class FinetuneOptions(DataOptions):
     out: str
     eval_data: Sequence[str] = ()
     label_column: str | None = None
-    max_length: int | None = 128
+    max_length: int | None = DEFAULT_MAX_LENGTH
     max_steps: int = -1
     epochs: float = 1.0
     batch_size: int = 16
@@ -144,8 +168,7 @@ class FinetuneOptions(DataOptions):
 
     def validate(self) -> None:
         super().validate()
-        if self.task not in TASKS:
-            raise OptionError(f"--task must be one of {', '.join(TASKS)}, not {self.task!r}")
+        check_task(self.task)
         check_output("out", self.out, overwrite=self.overwrite)
         if self.max_steps != -1:
             check_int("max_steps", self.max_steps, low=1)

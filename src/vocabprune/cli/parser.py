@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any, NoReturn
 
-from vocabprune.cli.options import LM_HEADS, TASKS, UNKNOWN_POLICIES
+from vocabprune.cli.options import DEFAULT_MAX_LENGTH, LM_HEADS, TASKS, UNKNOWN_POLICIES
 
 EXIT_ERROR = 2
 DATA_HELP = (
@@ -63,11 +63,12 @@ def _max_length(text: str) -> int | None:
         ) from None
 
 
-def _add_data_args(p: argparse.ArgumentParser, *, max_length: int | None) -> None:
+def _add_data_args(p: argparse.ArgumentParser, *, max_length: int | None, task: bool) -> None:
+    by_task = "; --task causal-lm: SmolLM2" if task else ""
     p.add_argument(
         "--model",
         metavar="PATH",
-        help="Hugging Face model folder (default: the packaged MiniLM; causal-lm: SmolLM2)",
+        help=f"Hugging Face model folder (default: the packaged MiniLM{by_task})",
     )
     p.add_argument("--data", nargs="+", action="extend", default=[], metavar="PATH", help=DATA_HELP)
     p.add_argument(
@@ -96,7 +97,14 @@ def _add_analyze(sub: Any) -> None:
         help="count the ids the data uses and what pruning saves",
         description="Count the token ids the data uses, and what pruning would save.",
     )
-    _add_data_args(an, max_length=None)
+    _add_data_args(an, max_length=DEFAULT_MAX_LENGTH, task=True)
+    an.add_argument(
+        "--task",
+        choices=TASKS,
+        default="classification",
+        help="count the data as `finetune --task` encodes it (sentence-embedding: each column "
+        "alone; classification: a pair together; language modelling: a pair joined)",
+    )
     an.add_argument("--min-count", type=int, default=1, metavar="N", help="keep ids seen N+ times")
     an.add_argument("--save-kept", metavar="FILE", help="write the kept vocabulary (JSON)")
     an.add_argument(
@@ -108,7 +116,7 @@ def _add_analyze(sub: Any) -> None:
     an.add_argument(
         "--plot",
         metavar="FILE",
-        help="draw vocabulary growth and top-k coverage (.png, .pdf or .svg)",
+        help="draw vocabulary growth and top-k coverage into FILE (.png, .pdf or .svg)",
     )
     _add_common(an)
 
@@ -132,7 +140,7 @@ def _add_finetune(sub: Any) -> None:
         description="Fine-tune through the HF Trainer with only the kept rows, restore the full "
         "matrix, and write an ordinary model that stock from_pretrained loads.",
     )
-    _add_data_args(ft, max_length=128)
+    _add_data_args(ft, max_length=DEFAULT_MAX_LENGTH, task=True)
     ft.add_argument("--out", required=True, metavar="DIR", help="folder for the restored model")
     ft.add_argument("--task", choices=TASKS, default="classification", help="objective")
     ft.add_argument(
@@ -197,7 +205,7 @@ def _add_prune(sub: Any) -> None:
         help="write a compact inference model with only the kept rows",
         description="Write a compact (or standalone) inference model holding only the kept rows.",
     )
-    _add_data_args(pr, max_length=None)
+    _add_data_args(pr, max_length=None, task=False)
     pr.add_argument("--out", required=True, metavar="DIR", help="folder for the compact model")
     pr.add_argument(
         "--standalone",

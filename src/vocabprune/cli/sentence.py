@@ -19,7 +19,9 @@ from vocabprune.cli.defaults import default_data, default_model
 from vocabprune.cli.options import FinetuneOptions
 from vocabprune.core.errors import VocabPruneError
 from vocabprune.core.files import atomic_dir
+from vocabprune.core.loaders import load_config, model_class, model_kwargs
 from vocabprune.data.sources import Examples, read_examples
+from vocabprune.data.tasks import task_examples
 
 
 def _imports() -> tuple[Any, Any, Any]:
@@ -50,7 +52,9 @@ def retrieval_scores(model: Any, first: list[str], second: list[str]) -> dict[st
 
 
 def _pairs(paths: list[str], text_column: str | None) -> Examples:
-    return read_examples(paths, text_column).title_body(", ".join(map(str, paths)))
+    """The pairs, as the task reads them (data/tasks.py, the rule `analyze --task` counts by)."""
+    source = ", ".join(map(str, paths))
+    return task_examples(read_examples(paths, text_column), "sentence-embedding", source)
 
 
 def _trainer(opts: FinetuneOptions, model: Any, train: Any, scratch: str, log: Any) -> Any:
@@ -68,6 +72,16 @@ def _trainer(opts: FinetuneOptions, model: Any, train: Any, scratch: str, log: A
     )
 
 
+def _absent_heads(path: str) -> dict[str, Any]:
+    """from_pretrained kwargs that leave out a head the checkpoint lacks and the task never
+    trains (a BERT pooler: mean pooling reads the hidden states), instead of a random one."""
+    try:
+        config = load_config(path)
+    except VocabPruneError:
+        return {}  # the SentenceTransformer loader names the problem
+    return model_kwargs(model_class(config), path)
+
+
 def _load(opts: FinetuneOptions) -> tuple[Any, Examples, int]:
     """The SentenceTransformer, the pairs (training, then --eval-data), how many are eval."""
     st, _, _ = _imports()
@@ -79,8 +93,13 @@ def _load(opts: FinetuneOptions) -> tuple[Any, Examples, int]:
         pairs = Examples(pairs.texts + held.texts, pairs.pairs + held.pairs, None)
         n_eval = len(held)
     path = opts.model or default_model()
+    from transformers import set_seed
+
+    set_seed(opts.seed)  # anything the checkpoint lacks starts from the same values every run
     try:
-        model = st.SentenceTransformer(path, device="cpu", trust_remote_code=False)
+        model = st.SentenceTransformer(
+            path, device="cpu", trust_remote_code=False, model_kwargs=_absent_heads(path)
+        )
     except Exception as exc:  # another library's loader: one line naming the folder
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise VocabPruneError(f"could not load a SentenceTransformer from {path}: {first}") from exc

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from vocabprune.cli.options import FinetuneOptions
+from vocabprune.cli.options import DataOptions, FinetuneOptions
 from vocabprune.core.errors import MismatchError, ScanError, VocabPruneError
 from vocabprune.core.files import atomic_dir, scratch_dir
 from vocabprune.core.prune import prune
@@ -76,8 +76,9 @@ def split_rows(
     return seen, eval_rows, train_rows
 
 
-def max_length(opts: FinetuneOptions, tokenizer: Any, model: Any) -> int:
-    """The truncation length: --max-length, within the model's limit ('none': the limit)."""
+def max_length(opts: DataOptions, tokenizer: Any, model: Any) -> int:
+    """The truncation length: --max-length, within the model's limit ('none': the limit). One
+    rule for finetune and for analyze, which counts what finetune will see."""
     limits = [getattr(tokenizer, "model_max_length", None)]
     limits.append(getattr(getattr(model, "config", None), "max_position_embeddings", None))
     sane = [n for n in limits if isinstance(n, int) and 1 < n < 10**7]

@@ -165,6 +165,16 @@ def _normal_modes(folder: Path) -> None:
             path.chmod(0o666 & ~mask)
 
 
+def check_model_folder(path: str | os.PathLike[str]) -> None:
+    """A Hugging Face model folder exists (with its config.json); checked before any import of
+    torch or transformers, so a wrong --model fails at once."""
+    folder = Path(path)
+    if not folder.exists():
+        raise VocabPruneError(f"model folder not found: {path}")
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        raise VocabPruneError(f"{path} is not a Hugging Face model folder (no config.json)")
+
+
 def read_json(path: str | os.PathLike[str], what: str) -> Any:
     """Parse a JSON file; a missing, unreadable, truncated or corrupt file is one clear error."""
     source = Path(path)

@@ -115,26 +115,40 @@ class IdRemapper:
                 token = None
         return f"token {token!r} (id {old_id})" if token is not None else f"token id {old_id}"
 
-    def raise_unknown(self, old_ids: np.ndarray) -> None:
-        """Raise UnknownTokenError naming the first of `old_ids` (its token text if known)."""
+    def raise_unknown(self, old_ids: np.ndarray, where: str = "") -> None:
+        """Raise UnknownTokenError naming the first of `old_ids` (its token text if known);
+        `where` says where it stands in the batch (`_raise_first` works it out)."""
         bad = int(old_ids[0])
         vocab = self.kept.vocab_size
         if vocab <= bad < vocab + self.kept.size:
             raise UnknownTokenError(
-                f"token id {bad} is an id written by remap_dataset (vocabulary size {vocab} + "
-                f"kept id {bad - vocab}), not a token id: batch such data with "
+                f"token id {bad}{where} is an id written by remap_dataset (vocabulary size "
+                f"{vocab} + kept id {bad - vocab}), not a token id: batch such data with "
                 "RemapCollator(collator, model) for a model pruned with ids='kept', or feed the "
                 "original data"
             )
         if not 0 <= bad < vocab:
             raise UnknownTokenError(
-                f"token id {bad} is outside the vocabulary of {self.kept.vocab_size} ids"
+                f"token id {bad}{where} is outside the vocabulary of {self.kept.vocab_size} ids"
             )
         more = f" (nor are {old_ids.size - 1} more ids here)" if old_ids.size > 1 else ""
         raise UnknownTokenError(
-            f"{self.token_name(bad)} is not in the kept vocabulary of {self.kept.size:,} ids"
-            f"{more}; scan this data too, or use unknown='unk'"
+            f"{self.token_name(bad)}{where} is not in the kept vocabulary of {self.kept.size:,} "
+            f"ids{more}; scan this data too, or use unknown='unk'"
         )
+
+    def _raise_first(self, ids: torch.Tensor, bad: torch.Tensor, row: int | None = None) -> None:
+        """Raise naming the first bad id in text order (row-major: the first example that has
+        one, then its first position) and where it is: the example (row) of the batch and the
+        position in it, so one bad text in a batch of 64 is found without a search."""
+        index = [int(i) for i in bad.nonzero()[0]]
+        first = int(ids[tuple(index)])
+        if ids.dim() >= 2:
+            row = index[0]
+        place = f"position {index[-1]}" if index else ""
+        where = f" in example {row} of the batch, {place}," if row is not None else f" at {place}"
+        others = [int(v) for v in ids[bad].unique().cpu() if int(v) != first]
+        self.raise_unknown(np.asarray([first, *others], dtype=np.int64), where if index else "")
 
     # -- remapping --------------------------------------------------------------------------
 
@@ -148,7 +162,8 @@ class IdRemapper:
             return self._remap(torch.from_numpy(ids), inputs=inputs, tagged=tagged).numpy()
         if isinstance(ids, Sequence) and not isinstance(ids, (str, bytes)):
             if ids and isinstance(ids[0], Sequence):  # ragged rows: one lookup per row
-                return [self.to_new(row, inputs=inputs, tagged=tagged) for row in ids]
+                rows = enumerate(ids)
+                return [self._row(i, row, inputs=inputs, tagged=tagged) for i, row in rows]
             tensor = torch.as_tensor(ids, dtype=torch.long)
             return self._remap(tensor, inputs=inputs, tagged=tagged).tolist()
         if isinstance(ids, (int, np.integer)):
@@ -156,12 +171,21 @@ class IdRemapper:
             return int(self._remap(tensor, inputs=inputs, tagged=tagged)[0])
         raise VocabPruneError(f"cannot remap a {type(ids).__name__}")
 
-    def _remap(self, ids: torch.Tensor, *, inputs: bool, tagged: bool) -> torch.Tensor:
+    def _row(self, i: int, row: Sequence[Any], *, inputs: bool, tagged: bool) -> Any:
+        """One row of a ragged batch; an error names its index `i` in the batch."""
+        if row and isinstance(row[0], Sequence):
+            return self.to_new(row, inputs=inputs, tagged=tagged)
+        tensor = torch.as_tensor(row, dtype=torch.long)
+        return self._remap(tensor, inputs=inputs, tagged=tagged, row=i).tolist()
+
+    def _remap(
+        self, ids: torch.Tensor, *, inputs: bool, tagged: bool, row: int | None = None
+    ) -> torch.Tensor:
         if inputs and ids.numel() and bool((ids < 0).any()):
             raise UnknownTokenError(
                 f"token id {int(ids.min())} in the input ids is negative (not a token)"
             )
-        return self._untag_or_remap(ids) if tagged else self._remap_tensor(ids)
+        return self._untag_or_remap(ids, row) if tagged else self._remap_tensor(ids, row)
 
     __call__ = to_new
 
@@ -177,17 +201,17 @@ class IdRemapper:
             return out
         return out.numpy() if isinstance(new_ids, np.ndarray) else out.tolist()
 
-    def _untag_or_remap(self, ids: torch.Tensor) -> torch.Tensor:
+    def _untag_or_remap(self, ids: torch.Tensor, row: int | None = None) -> torch.Tensor:
         vocab = self.kept.vocab_size
         tagged = ids >= vocab
         if not bool(tagged.any()):
-            return self._remap_tensor(ids)
+            return self._remap_tensor(ids, row)
         if bool((ids >= vocab + self.kept.size).any()):
-            self.raise_unknown(ids[ids >= vocab + self.kept.size].cpu().numpy())
-        plain = self._remap_tensor(torch.where(tagged, torch.zeros_like(ids), ids))
+            self._raise_first(ids, ids >= vocab + self.kept.size, row)
+        plain = self._remap_tensor(torch.where(tagged, torch.zeros_like(ids), ids), row)
         return torch.where(tagged, ids - vocab, plain)
 
-    def _remap_tensor(self, ids: torch.Tensor) -> torch.Tensor:
+    def _remap_tensor(self, ids: torch.Tensor, row: int | None = None) -> torch.Tensor:
         if ids.numel() == 0:
             return ids.clone()
         if ids.dtype not in INT_DTYPES:
@@ -196,13 +220,13 @@ class IdRemapper:
         negative = ids64 < 0
         too_big = ids64 >= self.kept.vocab_size
         if bool(too_big.any()):
-            self.raise_unknown(ids64[too_big].cpu().numpy())
+            self._raise_first(ids64, too_big, row)
         new = self._device("table", ids64.device)[ids64.clamp(min=0)]
         missing = (new < 0) & ~negative
         if bool(missing.any()):
             old = ids64[missing].unique().cpu()
             if self.on_missing is None:
-                self.raise_unknown(old.numpy())
+                self._raise_first(ids64, missing, row)
             self.on_missing(old.tolist())  # type: ignore[misc]
             new = self._device("table", ids64.device)[ids64.clamp(min=0)]
             if bool(((new < 0) & ~negative).any()):  # pragma: no cover - on_missing must extend

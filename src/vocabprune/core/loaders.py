@@ -9,6 +9,7 @@ from typing import Any
 
 from vocabprune.core.checkpoint import CheckpointError, checkpoint_files, read_header
 from vocabprune.core.errors import VocabPruneError
+from vocabprune.core.files import check_model_folder
 
 
 def _first_line(exc: BaseException) -> str:
@@ -16,19 +17,11 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _check_folder(path: str) -> None:
-    folder = Path(path)
-    if not folder.exists():
-        raise VocabPruneError(f"model folder not found: {path}")
-    if folder.is_dir() and not (folder / "config.json").is_file():
-        raise VocabPruneError(f"{path} is not a Hugging Face model folder (no config.json)")
-
-
 def load_tokenizer(path: str) -> Any:
     """AutoTokenizer for a local folder; never runs remote code."""
     from transformers import AutoTokenizer
 
-    _check_folder(path)
+    check_model_folder(path)
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except Exception as exc:  # any failure of another library's loader: one line naming the folder
@@ -41,7 +34,7 @@ def load_config(path: str) -> Any:
     """AutoConfig for a local folder; never runs remote code."""
     from transformers import AutoConfig
 
-    _check_folder(path)
+    check_model_folder(path)
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=False)
     except Exception as exc:  # any failure of another library's loader: one line naming the folder
@@ -51,7 +44,7 @@ def load_config(path: str) -> Any:
 def load_model(auto_class: Any, path: str, **kwargs: Any) -> Any:
     """`auto_class.from_pretrained` from safetensors only (no pickle), never remote code. Every
     checkpoint file is checked first (complete, readable), so a truncated one is named."""
-    _check_folder(path)
+    check_model_folder(path)
     files = checkpoint_files(Path(path))
     if not files and Path(path).is_dir():
         raise VocabPruneError(f"{path} holds no safetensors checkpoint (model.safetensors)")

@@ -23,6 +23,7 @@ from vocabprune.core.model import embedding_shape, prune_target
 from vocabprune.core.vocab import KeptVocab, tokenizer_fingerprint
 from vocabprune.data.counts import Counts, as_counts
 from vocabprune.data.sources import Columns, pick_text_columns, read_table, texts_of
+from vocabprune.data.tasks import task_texts
 
 DEFAULT_BATCH = 1000
 
@@ -313,6 +314,7 @@ class _Opts:
     progress: bool | None
     batch_size: int = DEFAULT_BATCH
     num_proc: int | None = None
+    task: str | None = None  # encode as this task does (data/tasks.py); None: pairs together
 
     def count_texts(
         self,
@@ -323,6 +325,8 @@ class _Opts:
         *,
         progress: bool | None = None,
     ) -> np.ndarray:
+        if self.task is not None:
+            texts, pairs = task_texts(texts, pairs, self.task, source)
         return count_texts(
             tokenizer,
             texts,
@@ -406,14 +410,18 @@ def scan(
     progress: bool | None = None,
     batch_size: int = DEFAULT_BATCH,
     num_proc: int | None = None,
+    task: str | None = None,
 ) -> ScanResult:
     """Count token ids over every source given; each becomes a split of the result.
 
     A source is: a list of strings; a path (str or Path) to a file or labelled folder; a list of
     paths; a `datasets` Dataset, IterableDataset or DatasetDict; or a dict of named sources.
+    `task` encodes the texts as that `vocabprune finetune --task` does (data/tasks.py: a pair
+    together for classification, each text alone for sentence-embedding and seq2seq, joined for
+    language modelling); None: a pair is one input, as classification.
     """
     opts = _Opts(
-        text_column, max_length, vocab_size or len(tokenizer), progress, batch_size, num_proc
+        text_column, max_length, vocab_size or len(tokenizer), progress, batch_size, num_proc, task
     )
     result = ScanResult(opts.vocab_size)
     if not data:

@@ -194,8 +194,9 @@ def _split_of(path: str | os.PathLike[str]) -> tuple[Path, str | None]:
     return Path(base), split or None
 
 
-def read_table(path: str | os.PathLike[str]) -> Columns:
-    """Read one file or folder into columns."""
+def check_source(path: str | os.PathLike[str]) -> tuple[Path, str | None]:
+    """(file or folder, split) of a data path that exists; else one error naming it. Cheap, so
+    the command line checks every --data path before loading anything."""
     source, split = _split_of(path)
     try:
         found = source.exists()
@@ -204,6 +205,12 @@ def read_table(path: str | os.PathLike[str]) -> Columns:
     if not found:
         shown = str(source) if len(str(source)) <= 120 else f"{str(source)[:117]}..."
         raise ScanError(f"data not found: {shown!r} is not a file or folder")
+    return source, split
+
+
+def read_table(path: str | os.PathLike[str]) -> Columns:
+    """Read one file or folder into columns."""
+    source, split = check_source(path)
     if source.is_dir():
         if split is not None or _is_datasets_folder(source):
             return _read_datasets(source, split)

@@ -14,7 +14,9 @@ Tokens the pruning data never had follow the `unknown` policy:
   rows) and appended, so hidden states and classifier outputs equal the full model's exactly on
   any text. (Vocabulary logits cover the kept and grown ids; the rest stay -inf.)
 
-A standalone export needs none of this: `load_compact` returns stock objects for it.
+A standalone export needs none of this: `load_compact` returns stock objects for it (one
+pre-hook on the input embedding turns ids of the original tokenizer, which reach past its rows,
+into a one-line error instead of an IndexError).
 """
 
 from __future__ import annotations
@@ -297,6 +299,7 @@ def load_compact(
     if rows != kept.size:
         raise MismatchError(f"model in {folder} has {rows} embedding rows, kept {kept.size}")
     if standalone:
+        _refuse_outside(model, rows, folder)
         return model, tokenizer
     policy = unknown or manifest.get("unknown") or "error"
     sources = []
@@ -315,6 +318,23 @@ def load_compact(
     model.__dict__[ADAPTER_ATTR] = adapter
     _generation_ids_to_original(model, kept)
     return model, tokenizer
+
+
+def _refuse_outside(model: Any, rows: int, folder: Path) -> None:
+    """A standalone model reads the ids of its own (rewritten) tokenizer. Ids of the original
+    tokenizer reach past its rows; name that in one line instead of the embedding's bare
+    IndexError. One comparison per forward; the model stays a stock one otherwise."""
+
+    def check(module: nn.Module, args: tuple[Any, ...]) -> None:
+        ids = args[0] if args else None
+        if isinstance(ids, torch.Tensor) and ids.numel() and int(ids.max()) >= rows:
+            raise UnknownTokenError(
+                f"token id {int(ids.max())} is outside the {rows:,} ids of the standalone model "
+                f"in {folder}: it reads the ids of its own tokenizer (the one load_compact "
+                "returns, or AutoTokenizer on that folder), not the original tokenizer's"
+            )
+
+    model.get_input_embeddings().register_forward_pre_hook(check)
 
 
 def _generation_ids_to_original(model: Any, kept: KeptVocab) -> None:
