@@ -132,11 +132,18 @@ def unique_params(model: nn.Module) -> list[torch.nn.Parameter]:
 
 
 def measured_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
-    """Bytes actually held by parameters (trainable or not), gradients and optimizer states."""
+    """Bytes actually held by parameters (trainable or not, and a frozen head's dropped rows),
+    gradients and optimizer states."""
     import torch
+
+    import vocabprune as vp
 
     params = unique_params(model)
     weights = sum(p.numel() * p.element_size() for p in params)
+    # output="frozen": the head's dropped rows are held by the pruned state, not as Parameters.
+    state = vp.get_state(model)
+    frozen = [t.frozen for t in state.frozen_tensors()] if state is not None else []
+    weights += sum(f.numel() * f.element_size() for f in frozen)
     grads = sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None)
     states = 0
     for state in optimizer.state.values():

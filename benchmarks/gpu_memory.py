@@ -23,11 +23,14 @@ enters as `id % vocab_size`. The kept vocabulary is every id of the whole corpus
 plus the config's token ids, as a fine-tuning run on BBC News would keep.
 
 Methods, each (shape, precision, batch, method) in a FRESH process (own CUDA context and
-allocator), interleaved full / pruned / oracle:
+allocator), interleaved full / pruned / frozen / oracle:
 - full: the model built on the CPU, moved to the device, fine-tuned.
 - pruned (vocabprune): the same model built on the CPU, `vp.prune(model, kept)` there (the dropped
   rows are offloaded to a temporary file), then moved: the full matrix never reaches the GPU, as
   with `vp.load_pruned` + `.to("cuda")`. It reads the original ids (remapped inside).
+- frozen (causal LM shapes): pruned as above with `output="frozen"` (the full softmax, the
+  dropped rows held once without gradient or optimizer state) and `vp.chunked_loss`, so the
+  logits over the whole vocabulary are computed a tile at a time.
 - oracle: the same architecture built from its config with vocab_size = kept rows (config token
   ids renumbered); a plain model, so its batches are remapped to kept ids by a table lookup.
 Objectives: encoders, MSE between the mean-pooled last hidden state and a fixed random target,
@@ -63,7 +66,11 @@ import benchlib as bl  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "gpu_memory.json"
-METHODS = ("full", "pruned", "oracle")
+METHODS = ("full", "pruned", "frozen", "oracle")
+# vocabprune's head modes: "pruned" is prune's default head, "frozen" the full softmax with the
+# dropped rows frozen (output="frozen", its loss tiled by chunked_loss); causal LM shapes only.
+HEAD_OF = {"pruned": "auto", "frozen": "frozen"}
+LM_ONLY = ("frozen",)
 PRECISIONS = ("fp32", "bf16")
 # Imported once by the server the runs are forked from (seconds of start-up saved per run).
 PRELOAD = (
@@ -120,9 +127,11 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         model = bl.build_model(config, shape.model_class, dtype)
     build_s = time.perf_counter() - t0
     prune_s = None
-    if method == "pruned":
+    if method in HEAD_OF:
         t0 = time.perf_counter()
-        vp.prune(model, kept)
+        vp.prune(model, kept, output=HEAD_OF[method])
+        if method == "frozen":
+            vp.chunked_loss(model)  # the whole vocabulary's logits are never held at once
         prune_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     model.to(device)
@@ -183,6 +192,8 @@ def plan(shapes: list[str], precisions: list[str], methods: list[str]) -> list[d
         for precision in precisions:
             for batch, length in bl.SHAPES[name].batches:
                 for method in methods:
+                    if method in LM_ONLY and bl.SHAPES[name].kind != "causal":
+                        continue
                     specs.append(
                         {
                             "shape": name,
@@ -235,6 +246,8 @@ def summarize(runs: list[dict[str, Any]], peak_field: str) -> list[dict[str, Any
                 if None in (peak["full"], peak["pruned"])
                 else peak["full"] - peak["pruned"],
                 "step_full_over_pruned": bl.ratio(step["full"], step["pruned"]),
+                "frozen_over_full": bl.ratio(peak["frozen"], peak["full"]),
+                "frozen_over_oracle": bl.ratio(peak["frozen"], peak["oracle"]),
                 "kept_ids": kept,
                 "vocab_size": vocab,
                 "embedding_params_removed": None if not vocab else 1 - kept / vocab,
@@ -278,10 +291,11 @@ def markdown_table(result: dict[str, Any]) -> list[str]:
         + ".",
         "",
         f"| shape | precision | batch×len | kept / vocab | emb. params removed | full {unit} | "
-        f"vocabprune {unit} | oracle {unit} | pruned/full | pruned/oracle | saved {unit} | "
-        "step ms full / pruned / oracle |"
-        + ("" if cuda else " peak RSS GiB full / pruned / oracle |"),
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("" if cuda else "---:|"),
+        f"vocabprune {unit} | frozen head {unit} | oracle {unit} | pruned/full | pruned/oracle | "
+        f"frozen/full | saved {unit} | step ms full / pruned / frozen / oracle |"
+        + ("" if cuda else " peak RSS GiB full / pruned / frozen / oracle |"),
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        + ("" if cuda else "---:|"),
     ]
     for row in rows:
         peak, step, errors = row["peak_bytes"], row["median_step_seconds"], row["errors"]
@@ -292,7 +306,8 @@ def markdown_table(result: dict[str, Any]) -> list[str]:
             f"{row['kept_ids'] or '–'} / {row['vocab_size'] or '–'} | "
             f"{'–' if removed is None else f'{100 * removed:.1f}%'} | {' | '.join(cells)} | "
             f"{_r(row['pruned_over_full'])} | {_r(row['pruned_over_oracle'])} | "
-            f"{_gib(row['saved_bytes'], scale)} | {' / '.join(_ms(step[m]) for m in METHODS)} |"
+            f"{_r(row.get('frozen_over_full'))} | {_gib(row['saved_bytes'], scale)} | "
+            f"{' / '.join(_ms(step[m]) for m in METHODS)} |"
         )
         if not cuda:
             line += f" {' / '.join(_gib(row['cpu_peak_rss_bytes'][m]) for m in METHODS)} |"

@@ -10,6 +10,8 @@ CPU by default, CUDA with VOCABPRUNE_TEST_DEVICE=cuda or `pytest --device cuda`)
 - load_pruned with a one-device device_map;
 - the tiled cross-entropy and chunked_loss against the plain loss, fp32 and bf16 autocast;
 - stock generate() of a pruned model equal to the unpruned model's.
+- the frozen head (output="frozen"), with and without tiling: loss and gradients equal to the
+  unpruned model's.
 
 Everything here is tiny (config-built models) and runs in seconds on either device.
 """
@@ -294,4 +296,35 @@ def test_stock_generate_on_device_equals_unpruned(name, device):
     with torch.no_grad():
         got = model.generate(input_ids=prompt, attention_mask=mask, **args)
     assert torch.equal(got, want)
+    vp.restore(model)
+
+
+# -- the frozen head: full fine-tuning's softmax ------------------------------------------------
+
+
+@pytest.mark.parametrize("tiled", [False, True], ids=["logits", "tiled"])
+@pytest.mark.parametrize("name", ["llama", "llama-untied", "gemma3"])
+def test_frozen_head_gives_the_unpruned_loss_and_gradients(name, tiled, device):
+    """output='frozen': the loss over the whole vocabulary, and the gradient of every kept row and
+    every other parameter equal to the unpruned model's at the same weights."""
+    lm = build_lm(name, seed=71)
+    kept = random_kept(lm, 72)
+    batch = _on(batch_for(lm, kept, 73), device)
+    full = copy.deepcopy(lm.model).to(device).train()
+    want = full(**batch).loss
+    want.backward()
+    model = lm.model.to(device).train()
+    vp.prune(model, kept, output="frozen")
+    if tiled:
+        vp.chunked_loss(model, tile_tokens=4)
+    got = model(**batch).loss
+    got.backward()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    rows = torch.as_tensor(kept.kept_ids, device=device)
+    grads = dict(full.named_parameters())
+    for name_, p in model.named_parameters():
+        g = grads[name_].grad
+        if p.shape != grads[name_].shape:  # a vocabulary matrix: its kept rows
+            g = g.index_select(0, rows)
+        torch.testing.assert_close(p.grad, g, atol=1e-5, rtol=1e-4, msg=name_)
     vp.restore(model)

@@ -75,3 +75,17 @@ def test_pruned_holds_fewer_bytes_than_full_and_as_many_as_the_oracle(result: di
         # The pruned model holds the oracle's tensors: the same rows, the same shapes.
         assert peak["pruned"] == pytest.approx(peak["oracle"], rel=0.01), row
         assert row["pruned_over_full"] < 1
+
+
+@pytest.mark.slow
+def test_a_frozen_head_holds_the_dropped_rows_once_without_training_state(result: dict) -> None:
+    """output='frozen' (causal LM shapes only): the dropped rows' weights, but no gradient or
+    AdamW state for them: more than the restricted head holds, less than full fine-tuning."""
+    for row in result["summary"]:
+        peak = row["peak_bytes"]
+        if row["shape"] == "gemma3-tiny":
+            assert "frozen" not in row["errors"], row["errors"]
+            assert peak["pruned"] < peak["frozen"] < peak["full"], row
+            assert row["frozen_over_full"] < 1
+        else:  # an encoder has no LM head to freeze
+            assert peak["frozen"] is None
