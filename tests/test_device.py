@@ -9,7 +9,7 @@ CPU by default, CUDA with VOCABPRUNE_TEST_DEVICE=cuda or `pytest --device cuda`)
   temporary file from the CPU), bitwise;
 - load_pruned with a one-device device_map;
 - the tiled cross-entropy and chunked_loss against the plain loss, fp32 and bf16 autocast;
-- stock generate() of a pruned model equal to the unpruned model's.
+- stock generate() of a pruned model equal to the unpruned model's;
 - the frozen head (output="frozen"), with and without tiling: loss and gradients equal to the
   unpruned model's.
 
