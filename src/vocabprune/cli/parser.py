@@ -183,8 +183,9 @@ def _add_finetune(sub: Any) -> None:
         choices=LM_HEADS,
         help="causal-lm, masked-lm, seq2seq: 'frozen' (default) trains with the full softmax, "
         "the dropped rows frozen (no gradient, no optimizer state): full fine-tuning's "
-        "gradients, in tiles for causal-lm; 'restricted' with the softmax over the kept ids "
-        "only (cheaper, not equal to full fine-tuning; its training loss is over kept columns)",
+        "gradients for every trained parameter, in tiles for causal-lm; 'restricted' with the "
+        "softmax over the kept ids only (cheaper, not equal to full fine-tuning; its training "
+        "loss is over kept columns)",
     )
     ft.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     ft.add_argument("--save-steps", type=int, metavar="N", help="write a checkpoint every N steps")
