@@ -33,6 +33,7 @@ from vocabprune.data.scan import (
     scan,
 )
 from vocabprune.deploy.compact import compact_pipeline, load_compact
+from vocabprune.deploy.onnx import export_onnx
 from vocabprune.train.chunked import chunked_loss
 from vocabprune.train.decay import track_weight_decay
 from vocabprune.train.generation import generate
@@ -74,6 +75,7 @@ __all__ = [
     "count_shard",
     "count_texts",
     "count_token_ids",
+    "export_onnx",
     "generate",
     "get_state",
     "is_pruned",

@@ -285,6 +285,11 @@ def load_compact(
 
     folder = Path(path)
     manifest = read_manifest(folder)
+    if manifest.get("weights_format", "hf") != "hf":
+        raise VocabPruneError(
+            f"{folder} holds {manifest['weights_format']} weights: run it with its runtime "
+            "(ONNX Runtime, llama.cpp), not load_compact"
+        )
     kept = _check_files(folder, manifest)
     standalone = manifest.get("kind") == "standalone"
     tokenizer = _export_tokenizer(folder, kept, standalone, tokenizer)
