@@ -11,9 +11,9 @@ Four models with the same weights, decoding the same prompts greedily (KV cache,
 
 Kept vocabulary: the ids of the BBC News corpus as e5 tokenizes it (benchmarks/data), as in
 train_compare.py (18,890 ids). Prompts: 32-token stretches of that corpus. Every method decodes
-exactly `new_tokens` tokens (min_new_tokens), batch 1 and batch 8, repetitions interleaved;
-reported: median tokens/s per method, each vs the oracle, and whether every method's tokens
-equal the oracle's.
+exactly `new_tokens` tokens (eos off, no logits processor), batch 1 and batch 8, repetitions
+interleaved; reported: median tokens/s per method, each vs the oracle, and whether every
+method's tokens equal the oracle's.
 
     flock /tmp/vp-heavy.lock python benchmarks/decode_speed.py   # -> results/decode_speed.json
 
@@ -83,11 +83,14 @@ def _models(shape: benchlib.Shape, folder: Path) -> tuple[dict[str, Any], Any, t
 
 
 def _generate(model: Any, ids: torch.Tensor, pad: int) -> torch.Tensor:
+    """Greedy, exactly NEW_TOKENS tokens: eos is off in the model's generation config (random
+    weights may emit it), so no logits processor runs (min_new_tokens would add one that
+    scans every column, and so cost the full vocabulary more than the oracle)."""
+    model.generation_config.eos_token_id = None
     return model.generate(
         input_ids=ids,
         attention_mask=torch.ones_like(ids),
         max_new_tokens=NEW_TOKENS,
-        min_new_tokens=NEW_TOKENS,
         do_sample=False,
         pad_token_id=pad,
     )
@@ -132,8 +135,7 @@ def main() -> dict[str, Any]:
         "tokens_per_second": rates,
         "median_tokens_per_second": medians,
         "vs_oracle": {
-            m: {b: round(medians[m][b] / medians["oracle"][b], 3) for b in BATCHES}
-            for m in METHODS
+            m: {b: round(medians[m][b] / medians["oracle"][b], 3) for b in BATCHES} for m in METHODS
         },
         "tokens_equal_oracle": {m: same[m] for m in ("inplace", "compact")},
         "vocabprune": vp.__file__,

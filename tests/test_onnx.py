@@ -21,8 +21,9 @@ from vocabprune.deploy.onnx import Graph, session, write_onnx  # noqa: E402
 from vocabprune.deploy.tokenizer_rewrite import tokenizer_json  # noqa: E402
 
 FP32_TOL = 1e-5
-# int8 dynamic quantization (weights QInt8, activations quantized per call): measured cosine of
-# the mean-pooled MiniLM embeddings >= 0.99 against the fp32 model; asserted at 0.98.
+# int8 dynamic quantization (QInt8 weights per channel, activations quantized per call):
+# measured cosine of the mean-pooled MiniLM embeddings 0.991 (lowest of 15 texts) against the
+# fp32 model; asserted at 0.98.
 INT8_MIN_COSINE = 0.98
 
 
@@ -108,7 +109,7 @@ def test_e5_cli_onnx_equals_full_model(tmp_path, capsys, bbc_texts):
     )
     assert code == 0, stderr
     report = json.loads(stdout[stdout.index("{") :])  # deepspeed may log a line first (on import)
-    assert report["format"] == "onnx" and report["onnx"]["max_abs_difference"] <= 1e-4
+    assert report["format"] == "onnx" and report["onnx"]["max_relative_difference"] <= 1e-4
     assert report["uncovered"]["mapping"] == "unk"  # Unigram without byte fallback
     assert 0 < report["probe_covered_fraction"] < 1  # the German line is not all covered
     manifest = json.loads((out / "vocabprune_export.json").read_text())
@@ -214,7 +215,7 @@ def test_tiny_decoders_with_cache(tmp_path, family):
     graph = Graph(model)
     from vocabprune.deploy.onnx import max_difference
 
-    assert max_difference(graph, tmp_path / "onnx" / "model.onnx", [(2, 3, 11)]) <= FP32_TOL
+    assert max_difference(graph, tmp_path / "onnx" / "model.onnx", [(2, 3, 11)])[0] <= FP32_TOL
 
 
 def test_uncovered_mapping_per_tokenizer_model(minilm_tokenizer, smollm2_tokenizer):

@@ -37,7 +37,10 @@ ONNX_DIR = "onnx"
 MODEL_FILE = "model.onnx"
 QUANTIZED_FILE = "model_quantized.onnx"
 OPSET = 17
-CHECK_TOLERANCE = 1e-4  # the export aborts beyond this; tests hold fp32 to 1e-5
+# The export aborts beyond this error relative to each output's scale (max(1, max |output|)):
+# LM logits reach 30 and more, where fp32 kernels differ by ~1e-5 relative. Tests hold real text
+# to 1e-5 (absolute for encoders, relative for logits).
+CHECK_TOLERANCE = 1e-4
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
@@ -244,11 +247,14 @@ def session(path: str | os.PathLike[str]) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def max_difference(graph: Graph, path: Path, cases: Sequence[tuple[int, int, int]]) -> float:
-    """Largest |ONNX Runtime - PyTorch| over every output at the given (batch, length, past)
-    shapes, at the positions the attention mask keeps (padded positions are don't-care)."""
+def max_difference(
+    graph: Graph, path: Path, cases: Sequence[tuple[int, int, int]]
+) -> tuple[float, float]:
+    """(absolute, relative) largest |ONNX Runtime - PyTorch| over every output at the given
+    (batch, length, past) shapes, at the positions the attention mask keeps (padded positions
+    are don't-care); relative: each output's error over max(1, its largest magnitude)."""
     sess = session(path)
-    worst = 0.0
+    worst = worst_relative = 0.0
     for seed, (batch, length, past) in enumerate(cases, start=1):
         feed = graph.sample(batch, length, past, seed)
         want = graph.reference(feed)
@@ -260,8 +266,11 @@ def max_difference(graph: Graph, path: Path, cases: Sequence[tuple[int, int, int
                 diff = diff.transpose(1, 2)[keep]  # [batch, total, heads, dim] -> kept tokens
             elif diff.ndim >= 3:  # per token: [batch, length, ...]
                 diff = diff[keep[:, -length:]]
-            worst = max(worst, float(diff.max()) if diff.numel() else 0.0)
-    return worst
+            if diff.numel():
+                worst = max(worst, float(diff.max()))
+                scale = max(1.0, float(ref.abs().max()))
+                worst_relative = max(worst_relative, float(diff.max()) / scale)
+    return worst, worst_relative
 
 
 CHECK_CASES = ((1, 5, 0), (3, 4, 6), (1, 1, 9))
@@ -290,11 +299,11 @@ def write_onnx(
             f"could not export {type(model).__name__} to ONNX: {str(exc).splitlines()[0]}"
         ) from exc
     cases = CHECK_CASES if graph.causal else tuple((b, n, 0) for b, n, _ in CHECK_CASES)
-    error = max_difference(graph, path, cases)
-    if not error <= CHECK_TOLERANCE:
+    error, relative = max_difference(graph, path, cases)
+    if not relative <= CHECK_TOLERANCE:
         raise VocabPruneError(
             f"the ONNX graph of {type(model).__name__} differs from the PyTorch model by "
-            f"{error:.2e} (> {CHECK_TOLERANCE:g}); export aborted"
+            f"{relative:.2e} of an output's scale (> {CHECK_TOLERANCE:g}); export aborted"
         )
     report: dict[str, Any] = {
         "task": graph.task,
@@ -303,6 +312,7 @@ def write_onnx(
         "outputs": graph.outputs,
         "opset": opset,
         "max_abs_difference": error,
+        "max_relative_difference": relative,
         "onnx_bytes": path.stat().st_size,
     }
     if quantize:
@@ -315,10 +325,12 @@ def _quantize(graph: Graph, src: Path, dst: Path, cases: Sequence[tuple[int, int
     """int8 dynamic quantization of the weights (activations quantized at run time)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    # Per-channel scales: MiniLM's mean-pooled embeddings stay at cosine >= 0.99 of fp32
+    # (per-tensor: 0.95), at the same size.
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
     return {
-        "quantized": "int8 dynamic (onnxruntime.quantization.quantize_dynamic, QInt8 weights)",
-        "quantized_max_abs_difference": max_difference(graph, dst, cases),
+        "quantized": "int8 dynamic (onnxruntime quantize_dynamic: QInt8 weights, per channel)",
+        "quantized_max_abs_difference": max_difference(graph, dst, cases)[0],
         "quantized_bytes": dst.stat().st_size,
     }
 
