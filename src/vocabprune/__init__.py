@@ -39,6 +39,7 @@ _LAZY = {
     ),
     "compact_pipeline": "vocabprune.deploy.compact",
     "load_compact": "vocabprune.deploy.compact",
+    "export_onnx": "vocabprune.deploy.onnx",
     "chunked_loss": "vocabprune.train.chunked",
     "track_weight_decay": "vocabprune.train.decay",
     "generate": "vocabprune.train.generation",
@@ -72,6 +73,7 @@ if TYPE_CHECKING:  # the names as static tools see them
         scan,
     )
     from vocabprune.deploy.compact import compact_pipeline, load_compact
+    from vocabprune.deploy.onnx import export_onnx
     from vocabprune.train.callback import VocabPruneCallback, check_resume
     from vocabprune.train.chunked import chunked_loss
     from vocabprune.train.decay import track_weight_decay
@@ -112,6 +114,7 @@ __all__ = [
     "count_shard",
     "count_texts",
     "count_token_ids",
+    "export_onnx",
     "generate",
     "get_state",
     "is_pruned",

@@ -115,6 +115,7 @@ def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
     names = ("out", "standalone", "min_count", "target_size", "unknown", "overwrite", "kept")
+    names += ("format", "quantize", "probe")
     opts = PruneOptions(**_data(args), **{n: getattr(args, n) for n in names})
     _ready(opts)
     from vocabprune.cli.prune import run_prune
@@ -128,7 +129,24 @@ def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
             f"{report['source_weights_bytes'] / 2**20:,.1f} MiB); "
             f"{report['changed_tokens']:,} corpus tokens changed"
         )
+        print(_coverage_line(report))
     return report
+
+
+def _coverage_line(report: dict[str, Any]) -> str:
+    """What a deployed model does with text the kept vocabulary lacks, and how much that is."""
+    where = "the probe text" if isinstance(report["probe"], list) else report["probe"]
+    line = (
+        f"{where}: {report['probe_covered_fraction']:.2%} of {report['probe_tokens']:,} tokens "
+        "covered by the kept vocabulary; "
+    )
+    uncovered = report.get("uncovered")
+    if uncovered is None:
+        return line + f"other tokens at inference: --unknown {report['unknown']}"
+    line += f"the standalone tokenizer maps the rest to {uncovered['description']}"
+    if report.get("probe_standalone_unk_tokens"):
+        line += f" ({report['probe_standalone_unk_tokens']:,} UNK tokens in {where})"
+    return line
 
 
 def cmd_merge_counts(args: argparse.Namespace) -> dict[str, Any]:

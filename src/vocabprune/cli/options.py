@@ -20,6 +20,7 @@ UNKNOWN_POLICIES = ("error", "unk", "grow")
 # How a pruned LM head trains: the full softmax with the dropped rows frozen, or the softmax over
 # the kept ids only (prune(output="frozen") / prune(output="prune")).
 LM_HEADS = ("frozen", "restricted")
+EXPORT_FORMATS = ("hf", "onnx", "gguf")
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 MAX_SEED = 2**32 - 1
 
@@ -209,6 +210,9 @@ class PruneOptions(DataOptions):
     unknown: str | None = None
     overwrite: bool = False
     kept: str | None = None  # a saved kept vocabulary (or counts) instead of scanning
+    format: str = "hf"  # hf (safetensors), onnx, gguf: the last two --standalone only
+    quantize: str | None = None  # onnx: int8; gguf: a GGUF type, checked by the GGUF writer
+    probe: Sequence[str] = ()  # text whose covered share the report gives (default: --data)
 
     def validate(self) -> None:
         super().validate()
@@ -219,3 +223,35 @@ class PruneOptions(DataOptions):
             raise OptionError(
                 f"--unknown must be one of {', '.join(UNKNOWN_POLICIES)}, not {self.unknown!r}"
             )
+        if self.standalone and self.unknown in ("error", "grow"):
+            raise OptionError(
+                f"--unknown {self.unknown} cannot hold for --standalone: its rewritten tokenizer "
+                "maps tokens the kept vocabulary lacks to smaller kept pieces, byte pieces or "
+                "UNK by itself (drop --unknown, or export without --standalone)"
+            )
+        self._validate_format()
+
+    def _validate_format(self) -> None:
+        if self.format not in EXPORT_FORMATS:
+            raise OptionError(
+                f"--format must be one of {', '.join(EXPORT_FORMATS)}, not {self.format!r}"
+            )
+        if self.format != "hf" and not self.standalone:
+            raise OptionError(
+                f"--format {self.format} writes a standalone model for a stock runtime: add "
+                "--standalone"
+            )
+        if self.format == "gguf" and not gguf_available():
+            raise OptionError("--format gguf is unavailable: this vocabprune has no GGUF writer")
+        if self.quantize is not None:
+            if self.format == "hf":
+                raise OptionError("--quantize needs --format onnx or gguf")
+            if self.format == "onnx" and self.quantize != "int8":
+                raise OptionError(f"--quantize for onnx must be int8, not {self.quantize!r}")
+
+
+def gguf_available() -> bool:
+    """Whether the GGUF writer (vocabprune.deploy.gguf) is part of this install."""
+    import importlib.util
+
+    return importlib.util.find_spec("vocabprune.deploy.gguf") is not None

@@ -7,7 +7,14 @@ import argparse
 import sys
 from typing import Any, NoReturn
 
-from vocabprune.cli.options import DEFAULT_MAX_LENGTH, LM_HEADS, TASKS, UNKNOWN_POLICIES
+from vocabprune.cli.options import (
+    DEFAULT_MAX_LENGTH,
+    EXPORT_FORMATS,
+    LM_HEADS,
+    TASKS,
+    UNKNOWN_POLICIES,
+    gguf_available,
+)
 
 EXIT_ERROR = 2
 DATA_HELP = (
@@ -213,6 +220,29 @@ def _add_prune(sub: Any) -> None:
         action="store_true",
         help="rewrite the tokenizer to the kept vocabulary: loads without vocabprune",
     )
+    pr.add_argument(
+        "--format",
+        choices=EXPORT_FORMATS,
+        default="hf",
+        help="with --standalone: hf (safetensors folder), onnx (onnx/model.onnx for ONNX "
+        "Runtime, optimum, transformers.js) or gguf (llama.cpp"
+        + ("" if gguf_available() else "; unavailable in this install")
+        + ")",
+    )
+    pr.add_argument(
+        "--quantize",
+        metavar="TYPE",
+        help="quantized copy: onnx: int8 (dynamic, onnx/model_quantized.onnx); gguf: a GGUF type",
+    )
+    pr.add_argument(
+        "--probe",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="PATH",
+        help="text (same formats as --data) whose share covered by the kept vocabulary is "
+        "reported (default: --data)",
+    )
     pr.add_argument("--min-count", type=int, default=1, metavar="N", help="keep ids seen N+ times")
     pr.add_argument(
         "--target-size", type=int, metavar="N", help="keep at most N ids, most frequent first"
@@ -221,7 +251,8 @@ def _add_prune(sub: Any) -> None:
         "--unknown",
         choices=UNKNOWN_POLICIES,
         help="at inference, ids the data never had: error, unk, or grow from the original "
-        "checkpoint (default: error; lossy vocabularies: unk)",
+        "checkpoint (default: error; lossy vocabularies: unk). --standalone: unk only (its "
+        "tokenizer maps them to smaller kept pieces, byte pieces or UNK)",
     )
     pr.add_argument(
         "--kept",

@@ -25,10 +25,11 @@ from vocabprune.core.loaders import (
     model_class,
     model_kwargs,
 )
-from vocabprune.core.vocab import KeptVocab, special_ids, tokenizer_fingerprint
+from vocabprune.core.vocab import DEFAULT_FILENAME, KeptVocab, special_ids, tokenizer_fingerprint
 from vocabprune.data.counts import load_counts
 from vocabprune.data.scan import bincount_ids
 from vocabprune.data.sources import Examples, read_examples
+from vocabprune.deploy.coverage import probe_coverage, uncovered_mapping
 from vocabprune.deploy.export import export_pruned, folder_bytes, verify_standalone_tokenizer
 from vocabprune.deploy.selection import boundary_ids, encode, select_lossy
 from vocabprune.deploy.tokenizer_rewrite import MergeClosure, required_ids, tokenizer_json
@@ -139,6 +140,8 @@ def _given(opts: PruneOptions, tokenizer: Any, model: Any, scanned: Scanned) -> 
 
 
 def _unknown_policy(opts: PruneOptions, tokenizer: Any, dropped: int, standalone: bool) -> str:
+    if standalone:  # its rewritten tokenizer maps uncovered text (deploy/coverage.py)
+        return "unk"
     lossy = opts.min_count > 1 or opts.target_size is not None
     unknown = opts.unknown or ("unk" if lossy else "error")
     if dropped and not standalone and unknown == "error":
@@ -154,6 +157,14 @@ def _unknown_policy(opts: PruneOptions, tokenizer: Any, dropped: int, standalone
     return unknown
 
 
+def _weights_bytes(out: Path) -> int:
+    """The exported weights: safetensors, onnx/model.onnx, or the GGUF file itself."""
+    if out.is_file():
+        return out.stat().st_size
+    files = list(out.glob("*.safetensors")) or list(out.glob("onnx/model.onnx"))
+    return sum(p.stat().st_size for p in files)
+
+
 def _report(
     opts: PruneOptions,
     model_path: str,
@@ -167,7 +178,7 @@ def _report(
     total = int(counts.sum())
     dropped = int(total - counts[chosen.kept_ids].sum())
     source_bytes = sum(p.stat().st_size for p in set(checkpoint_files(Path(model_path)).values()))
-    weights_bytes = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    weights_bytes = _weights_bytes(folder)
     in_data = int(np.count_nonzero(counts))
     return {
         "out": str(folder),
@@ -191,7 +202,7 @@ def _report(
         "changed_fraction": dropped / total if total else 0.0,
         "source_weights_bytes": source_bytes,
         "export_weights_bytes": weights_bytes,
-        "export_bytes": folder_bytes(folder),
+        "export_bytes": folder.stat().st_size if folder.is_file() else folder_bytes(folder),
         "weights_saved_fraction": 1 - weights_bytes / source_bytes if source_bytes else None,
     }
 
@@ -229,27 +240,73 @@ def run_prune(opts: PruneOptions, *, log: Callable[[str], None] | None = None) -
     }
     kept = dataclasses.replace(kept, meta=meta)
 
-    def verify(folder: Path) -> dict[str, Any]:
-        if data is None:
-            return {}
-        return verify_standalone_tokenizer(
-            folder, tokenizer, corpus, scanned.encoded, opts.max_length, lossless=not lossy
-        )
+    probe = read_examples(list(opts.probe), opts.text_column) if opts.probe else corpus
 
-    say(f"writing {'standalone' if opts.standalone else 'compact'} model to {out}")
-    folder, written, checked = export_pruned(
-        model,
-        tokenizer,
-        kept,
-        out,
-        standalone=opts.standalone,
-        overwrite=opts.overwrite,
-        unknown=unknown,
-        meta=meta,
-        verify=verify,
-    )
+    def verify(folder: Path) -> dict[str, Any]:
+        """The finished folder, before it is renamed into place: the rewritten tokenizer splits
+        the corpus as the original (standalone), and how much of the probe text is covered."""
+        report: dict[str, Any] = {}
+        rewritten = None
+        if data is not None:
+            report = verify_standalone_tokenizer(
+                folder, tokenizer, corpus, scanned.encoded, opts.max_length, lossless=not lossy
+            )
+            rewritten = load_tokenizer(str(folder))
+        written = KeptVocab.load(folder / DEFAULT_FILENAME)
+        report.update(
+            probe_coverage(tokenizer, written.kept_ids, _texts(probe), standalone=rewritten)
+        )
+        report["probe"] = [str(p) for p in opts.probe] or "the data, untruncated"
+        return report
+
+    kind = "standalone" if opts.standalone else "compact"
+    say(f"writing {kind} model ({opts.format}) to {out}")
+    export = dict(standalone=opts.standalone, overwrite=opts.overwrite, unknown=unknown, meta=meta)
+    if opts.format == "gguf":
+        folder, written, checked = _export_gguf(opts, model, tokenizer, kept, export, verify)
+    else:
+        folder, written, checked = export_pruned(
+            model,
+            tokenizer,
+            kept,
+            out,
+            verify=verify,
+            export_format=opts.format,
+            quantize=opts.quantize == "int8",
+            **export,
+        )
     report = _report(opts, model_path, folder, (kept, written), scanned)
     report.update(tokenizer_size=len(tokenizer), boundary_ids=len(extra) if not lossy else 0)
-    report.update(unknown=unknown)
+    report.update(unknown=unknown, format=opts.format, quantize=opts.quantize)
+    if data is not None:
+        report["uncovered"] = uncovered_mapping(data)
     report.update(checked, seconds=round(time.perf_counter() - started, 2))
     return report
+
+
+def _texts(examples: Examples) -> list[str]:
+    return list(examples.texts) + list(examples.pairs or [])
+
+
+def _export_gguf(
+    opts: PruneOptions,
+    model: Any,
+    tokenizer: Any,
+    kept: KeptVocab,
+    export: dict[str, Any],
+    verify: Callable[[Path], dict[str, Any]],
+) -> tuple[Path, KeptVocab, dict[str, Any]]:
+    """--format gguf: the standalone folder in a scratch dir, handed to the GGUF writer, which
+    writes `--out` (a contract with vocabprune.deploy.gguf: export_gguf(folder, out, *,
+    quantize, overwrite) -> dict)."""
+    from vocabprune.core.files import scratch_dir
+    from vocabprune.deploy.gguf import export_gguf  # type: ignore[import-not-found]
+
+    with scratch_dir(opts.out, "standalone") as tmp:
+        folder, written, checked = export_pruned(
+            model, tokenizer, kept, tmp / "model", verify=verify, **export
+        )
+        checked["gguf"] = export_gguf(
+            folder, opts.out, quantize=opts.quantize, overwrite=opts.overwrite
+        )
+    return Path(opts.out), written, checked

@@ -33,7 +33,7 @@ from torch import nn
 from vocabprune.core.checkpoint import checkpoint_files, header_sha256, read_header, read_rows
 from vocabprune.core.errors import MismatchError, UnknownTokenError, VocabPruneError
 from vocabprune.core.files import read_json
-from vocabprune.core.ids import ID_KEYS, IdRemapper, map_ids
+from vocabprune.core.ids import ID_KEYS, IdRemapper, map_ids, spread_logits
 from vocabprune.core.loaders import load_model, model_kwargs
 from vocabprune.core.state import PrunedTensor
 from vocabprune.core.surgery import resize, vocab_tensors
@@ -119,6 +119,7 @@ class InferenceAdapter:
             on_missing=self.grow if unknown == "grow" else None,
         )
         self.grown = 0
+        self._column_cache: dict[torch.device, torch.Tensor] = {}
         self.handles = [
             model.register_forward_pre_hook(self._pre_hook, with_kwargs=True),
             model.register_forward_hook(self._post_hook),
@@ -199,10 +200,20 @@ class InferenceAdapter:
         logits = getattr(output, "logits", None) if not isinstance(output, tuple) else None
         if not isinstance(logits, torch.Tensor) or logits.shape[-1] != self.size:
             return output
-        full = logits.new_full((*logits.shape[:-1], self.kept.vocab_size), float("-inf"))
-        full.index_copy_(-1, self.original_ids.to(logits.device), logits)
-        output.logits = full
+        output.logits = spread_logits(
+            logits, self._columns(logits.device), self.kept.vocab_size, fill=float("-inf")
+        )
         return output
+
+    def _columns(self, device: torch.device) -> torch.Tensor:
+        """The original id of each row, on `device`, kept until the model grows (not rebuilt
+        and copied at every decoding step)."""
+        size = self.size
+        cached = self._column_cache.get(device)
+        if cached is None or cached.numel() != size:
+            cached = self.original_ids.to(device)
+            self._column_cache[device] = cached
+        return cached
 
     def remove(self) -> None:
         """Take the hooks off: the model reads compact ids again."""
@@ -287,6 +298,11 @@ def load_compact(
 
     folder = Path(path)
     manifest = read_manifest(folder)
+    if manifest.get("weights_format", "hf") != "hf":
+        raise VocabPruneError(
+            f"{folder} holds {manifest['weights_format']} weights: run it with its runtime "
+            "(ONNX Runtime, llama.cpp), not load_compact"
+        )
     kept = _check_files(folder, manifest)
     standalone = manifest.get("kind") == "standalone"
     tokenizer = _export_tokenizer(folder, kept, standalone, tokenizer)

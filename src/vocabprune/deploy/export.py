@@ -10,7 +10,9 @@ Two layouts, both written atomically (a crash leaves any previous folder intact)
   the compact model would read the wrong rows.
 - standalone (`standalone=True`): the same model, with the tokenizer rewritten to the kept
   vocabulary renumbered (see tokenizer_rewrite.py), so stock `AutoTokenizer` + `AutoModel` load
-  and run it with vocabprune not installed.
+  and run it with vocabprune not installed. Text the kept vocabulary lacks is tokenized by the
+  rewritten tokenizer itself (smaller kept pieces, byte pieces, or UNK: the manifest's
+  `uncovered` says which); `export_format="onnx"` converts that folder to ONNX (onnx.py).
 """
 
 from __future__ import annotations
@@ -34,10 +36,12 @@ from vocabprune.core.state import PrunedState, compact_saves, get_state
 from vocabprune.core.surgery import config_id_changes
 from vocabprune.core.vocab import DEFAULT_FILENAME, KeptVocab
 from vocabprune.data.sources import Examples
+from vocabprune.deploy.coverage import uncovered_mapping
 from vocabprune.deploy.manifest import (
     MANIFEST,
     ORIGINAL_TOKENIZER_DIR,
     build_manifest,
+    check_format,
     check_unknown,
 )
 from vocabprune.deploy.selection import encode
@@ -127,6 +131,8 @@ def export_pruned(
     unknown: str = "error",
     meta: dict[str, Any] | None = None,
     verify: Callable[[Path], dict[str, Any]] | None = None,
+    export_format: str = "hf",
+    quantize: bool = False,
 ) -> tuple[Path, KeptVocab, dict[str, Any]]:
     """Write a compact (or standalone) inference model of `model` restricted to `kept`.
 
@@ -135,9 +141,14 @@ def export_pruned(
     standalone export the ids the rewritten tokenizer needs (BPE merge parts, byte symbols) are
     added to the kept vocabulary first; the kept vocabulary actually written is returned.
     `verify(tmp_folder)` runs on the finished folder before it is renamed into place; it may
-    raise to abort the export. Returns (folder, kept vocabulary written, verify's report).
+    raise to abort the export. `export_format="onnx"` (standalone only) replaces the PyTorch
+    weights by `onnx/model.onnx` (int8 `onnx/model_quantized.onnx` too with `quantize`),
+    checked against the model. Returns (folder, kept vocabulary written, verify's report with
+    the ONNX report under "onnx").
     """
     check_unknown(unknown)
+    if check_format(export_format, standalone=standalone, quantize=quantize) == "gguf":
+        raise VocabPruneError("GGUF files are written by vocabprune.deploy.gguf.export_gguf")
     kept.check_tokenizer(tokenizer)
     data = tokenizer_json(tokenizer) if standalone else None
     kept = _kept_for(model, kept, data)
@@ -147,6 +158,8 @@ def export_pruned(
     try:
         owner = state_owner(model)
         manifest = build_manifest(owner, state, standalone=standalone, unknown=unknown, meta=meta)
+        if data is not None:
+            manifest["uncovered"] = uncovered_mapping(data)
         with atomic_dir(out, overwrite=overwrite) as tmp:
             _write_compact_model(owner, state, tmp)
             kept.save(tmp / DEFAULT_FILENAME)
@@ -154,6 +167,14 @@ def export_pruned(
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
             if verify is not None:
                 report = verify(tmp) or {}
+                manifest["checked"] = dict(report)  # e.g. the tokenizer check, probe coverage
+            if export_format == "onnx":
+                from vocabprune.deploy.onnx import convert_folder
+
+                report["onnx"] = convert_folder(tmp, quantize=quantize)
+                manifest.update(weights_format="onnx", onnx=report["onnx"])
+            if report:
+                (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     finally:
         if not was_pruned and get_state(model) is not None:
             restore(model)

@@ -18,6 +18,7 @@ MANIFEST_VERSION = 1
 ORIGINAL_TOKENIZER_DIR = "original_tokenizer"
 UNKNOWN_POLICIES = ("error", "unk", "grow")
 KINDS = ("compact", "standalone")
+FORMATS = ("hf", "onnx", "gguf")  # hf: safetensors + config; onnx: onnx/model.onnx; gguf: one file
 
 
 def check_unknown(unknown: Any) -> str:
@@ -26,6 +27,18 @@ def check_unknown(unknown: Any) -> str:
             f"unknown must be one of {', '.join(UNKNOWN_POLICIES)}, not {unknown!r}"
         )
     return str(unknown)
+
+
+def check_format(export_format: Any, *, standalone: bool, quantize: bool = False) -> str:
+    """The export format: onnx (and gguf) are standalone only (stock runtimes read the rewritten
+    tokenizer; they know no id map); quantization is for onnx."""
+    if export_format not in FORMATS:
+        raise VocabPruneError(f"format must be one of {', '.join(FORMATS)}, not {export_format!r}")
+    if export_format != "hf" and not standalone:
+        raise VocabPruneError(f"format {export_format} is a standalone export: add --standalone")
+    if quantize and export_format != "onnx":
+        raise VocabPruneError("quantize is for format onnx")
+    return str(export_format)
 
 
 def tensor_entries(state: PrunedState) -> list[dict[str, Any]]:

@@ -1,0 +1,152 @@
+"""Greedy decoding speed on the Gemma-3-270m shape (random weights): oracle vs vocabprune.
+
+Four models with the same weights, decoding the same prompts greedily (KV cache, CPU):
+
+- `full`: the model with its 262,144-id vocabulary;
+- `oracle`: the same model with only the kept rows, built by hand (it reads and emits kept ids;
+  its outputs are mapped back to token ids to compare);
+- `inplace`: the full model pruned in place by `vp.prune`, through stock `model.generate()`;
+- `compact`: the compact export (`vocabprune prune`'s folder) loaded with `vp.load_compact`,
+  through stock `model.generate()`.
+
+Kept vocabulary: the ids of the BBC News corpus as e5 tokenizes it (benchmarks/data), as in
+train_compare.py (18,890 ids). Prompts: 32-token stretches of that corpus. Every method decodes
+exactly `new_tokens` tokens (eos off, no logits processor), batch 1 and batch 8, repetitions
+interleaved; reported: median tokens/s per method, each vs the oracle, and whether every
+method's tokens equal the oracle's.
+
+    flock /tmp/vp-heavy.lock python benchmarks/decode_speed.py   # -> results/decode_speed.json
+
+Sizes via environment: VOCABPRUNE_BENCH_DECODE_REPS (3), VOCABPRUNE_BENCH_DECODE_TOKENS (48),
+VOCABPRUNE_BENCH_DECODE_SHAPE (gemma3-270m; gemma3-tiny for a smoke run).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import benchlib  # noqa: E402
+
+RESULT = HERE / "results" / "decode_speed.json"
+REPS = int(os.environ.get("VOCABPRUNE_BENCH_DECODE_REPS", "3"))
+NEW_TOKENS = int(os.environ.get("VOCABPRUNE_BENCH_DECODE_TOKENS", "48"))
+SHAPE = os.environ.get("VOCABPRUNE_BENCH_DECODE_SHAPE", "gemma3-270m")
+PROMPT_TOKENS = 32
+BATCHES = (1, 8)
+METHODS = ("full", "oracle", "inplace", "compact")
+
+
+def _models(shape: benchlib.Shape, folder: Path) -> tuple[dict[str, Any], Any, torch.Tensor]:
+    """(the four models, the kept vocabulary, the prompt ids of the corpus)."""
+    import numpy as np
+
+    import vocabprune as vp
+
+    config = benchlib.build_config(shape)
+    config.use_cache = True
+    torch.manual_seed(0)
+    full = benchlib.build_model(config, shape.model_class).eval()
+    flat, _, _ = benchlib.load_ids()
+    data = benchlib.corpus_ids(flat, config.vocab_size, pad_id=config.pad_token_id)
+    kept = benchlib.kept_vocab(data, config.vocab_size, config)
+    oracle = benchlib.naive_slice(copy.deepcopy(full), kept).eval()
+    inplace = copy.deepcopy(full).eval()
+    vp.prune(inplace, kept)
+    full.save_pretrained(folder / "full")
+    from transformers import AutoTokenizer
+
+    from vocabprune.deploy.export import export_pruned
+    from vocabprune.fixtures import e5_path
+
+    # Any tokenizer serves as the "original" one beside the compact weights (the kept ids are
+    # e5's, and decoding never reads it); the kept vocabulary carries no fingerprint to check.
+    tokenizer = AutoTokenizer.from_pretrained(e5_path())
+    full.save_pretrained(folder / "full")
+    full = type(full).from_pretrained(folder / "full").eval()  # grow/restore read this file
+    export_pruned(full, tokenizer, kept, folder / "compact")
+    compact, _ = vp.load_compact(folder / "compact", tokenizer=tokenizer)
+    prompts = torch.as_tensor(np.resize(data, 64 * PROMPT_TOKENS).reshape(64, PROMPT_TOKENS))
+    models = {"full": full, "oracle": oracle, "inplace": inplace, "compact": compact}
+    return models, kept, prompts
+
+
+def _generate(model: Any, ids: torch.Tensor, pad: int) -> torch.Tensor:
+    """Greedy, exactly NEW_TOKENS tokens: eos is off in the model's generation config (random
+    weights may emit it), so no logits processor runs (min_new_tokens would add one that
+    scans every column, and so cost the full vocabulary more than the oracle)."""
+    model.generation_config.eos_token_id = None
+    return model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=NEW_TOKENS,
+        do_sample=False,
+        pad_token_id=pad,
+    )
+
+
+def main() -> dict[str, Any]:
+    import vocabprune as vp
+
+    shape = benchlib.SHAPES[SHAPE]
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    with tempfile.TemporaryDirectory() as tmp:
+        models, kept, prompts = _models(shape, Path(tmp))
+        table = torch.as_tensor(kept.old_to_new)
+        back = torch.as_tensor(kept.kept_ids)
+        pad = int(models["full"].config.pad_token_id)
+        rates: dict[str, dict[int, list[float]]] = {m: {b: [] for b in BATCHES} for m in METHODS}
+        same: dict[str, bool] = {m: True for m in METHODS}
+        with torch.inference_mode():
+            for batch in BATCHES:
+                for rep in range(REPS + 1):  # the first round warms up, not counted
+                    ids = prompts[rep * batch : (rep + 1) * batch]
+                    outs = {}
+                    for name in METHODS:
+                        given = table[ids] if name == "oracle" else ids
+                        pad_id = int(table[pad]) if name == "oracle" else pad
+                        start = time.perf_counter()
+                        out = _generate(models[name], given, pad_id)
+                        seconds = time.perf_counter() - start
+                        outs[name] = back[out] if name == "oracle" else out
+                        if rep:
+                            rates[name][batch].append(batch * NEW_TOKENS / seconds)
+                    for name in ("inplace", "compact"):
+                        same[name] &= torch.equal(outs[name], outs["oracle"])
+    medians = {m: {b: statistics.median(rates[m][b]) for b in BATCHES} for m in METHODS}
+    result = {
+        "shape": SHAPE,
+        "kept": kept.size,
+        "vocab_size": kept.vocab_size,
+        "new_tokens": NEW_TOKENS,
+        "prompt_tokens": PROMPT_TOKENS,
+        "reps": REPS,
+        "tokens_per_second": rates,
+        "median_tokens_per_second": medians,
+        "vs_oracle": {
+            m: {b: round(medians[m][b] / medians["oracle"][b], 3) for b in BATCHES} for m in METHODS
+        },
+        "tokens_equal_oracle": {m: same[m] for m in ("inplace", "compact")},
+        "vocabprune": vp.__file__,
+        "machine": benchlib.machine_info(),
+    }
+    return result
+
+
+if __name__ == "__main__":
+    out = main()
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    path = RESULT if SHAPE == "gemma3-270m" else RESULT.with_name(f"decode_speed_{SHAPE}.json")
+    path.write_text(json.dumps(out, indent=2, default=str))
+    print(json.dumps({"vs_oracle": out["vs_oracle"], "equal": out["tokens_equal_oracle"]}))
