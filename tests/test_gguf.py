@@ -139,14 +139,54 @@ def test_missing_byte_symbol_refused():
 
 
 def test_unsupported_tokenizers_refused():
-    data = _bpe_json(None)
-    data["model"]["byte_fallback"] = True
-    with pytest.raises(UnsupportedModelError, match="byte-fallback BPE"):
-        gguf_vocab(data)
+    unigram = {"model": {"type": "Unigram", "vocab": [["a", 0.0]]}, "added_tokens": []}
+    with pytest.raises(UnsupportedModelError, match="not Unigram"):
+        gguf_vocab(unigram)
     holes = _bpe_json(_byte_level())
     holes["added_tokens"][0]["id"] += 5
     with pytest.raises(VocabPruneError, match="no token for id 256"):
         gguf_vocab(holes)
+
+
+def _byte_fallback_json(texts, vocab_size=600):
+    """A Llama-2-style byte-fallback BPE tokenizer.json trained on `texts`: <unk> <s> </s>, the
+    256 byte pieces, then the trained pieces; spaces written as U+2581, one prepended."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()  # training only: pieces start at a space
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"])
+    tok.train_from_iterator(texts, trainer)
+    data = json.loads(tok.to_str())
+    trained = [t for t, _ in sorted(data["model"]["vocab"].items(), key=lambda kv: kv[1])]
+    pieces = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256))]
+    pieces += [t for t in trained if t not in pieces]
+    data["model"]["vocab"] = {t: i for i, t in enumerate(pieces)}
+    data["pre_tokenizer"] = None
+    data["normalizer"] = None
+    tok_json = Tokenizer.from_str(json.dumps(data))
+    tok_json.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")]
+    )
+    tok_json.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    return json.loads(tok_json.to_str())
+
+
+def test_byte_fallback_vocab(bbc_texts):
+    data = _byte_fallback_json(list(bbc_texts["text"][:200]))
+    vocab = gguf_vocab(data)
+    assert (vocab.model, vocab.pre, vocab.add_space_prefix) == ("llama", "default", True)
+    assert vocab.types[3:259] == [gguf.TokenType.BYTE] * 256
+    assert vocab.types[0] == gguf.TokenType.UNKNOWN and vocab.types[1] == gguf.TokenType.CONTROL
+    first_merge = data["model"]["merges"][0]
+    a, b = first_merge.split(" ") if isinstance(first_merge, str) else first_merge
+    assert vocab.scores[data["model"]["vocab"][a + b]] == 0.0
+    del data["model"]["vocab"]["<0x41>"]
+    data["model"]["vocab"] = {t: i for i, t in enumerate(data["model"]["vocab"])}
+    with pytest.raises(VocabPruneError, match="lacks <0x41>"):
+        gguf_vocab(data)
 
 
 def test_wordpiece_phantom_space(minilm_dir):
@@ -230,16 +270,12 @@ def _export_pair(tmp_path, model, tokenizer, texts, outtype="f32"):
     return Path(full["out"]), Path(pruned["out"]), written
 
 
-@pytest.mark.parametrize("kind", ["llama", "llama-untied", "qwen2", "qwen3", "gemma3"])
-def test_tiny_models_logits_equal_pytorch_and_pruned(tmp_path, kind, smollm2_tokenizer, kept_texts):
-    """llama.cpp runs the full f32 file as PyTorch runs the model, and the pruned file gives the
-    same logits at the kept columns (and the same greedy continuation where the full one stays
-    inside the kept vocabulary)."""
+def _check_pair(model, full: Path, pruned: Path, kept, ids: list[int]) -> None:
+    """llama.cpp runs the full f32 file as PyTorch runs the model; the pruned file gives the same
+    logits at the kept columns and the same greedy continuation where the full one stays
+    inside the kept vocabulary."""
     import torch
 
-    model = _tiny_model(kind, smollm2_tokenizer)
-    full, pruned, kept = _export_pair(tmp_path, model, smollm2_tokenizer, kept_texts)
-    ids = smollm2_tokenizer(COVERED[0])["input_ids"][:20]
     with torch.no_grad():
         expected = model(torch.tensor([ids])).logits[0].double().numpy()
     full_llm = _load(full, logits_all=True)
@@ -249,12 +285,48 @@ def test_tiny_models_logits_equal_pytorch_and_pruned(tmp_path, kind, smollm2_tok
     new_ids = [int(kept.old_to_new[i]) for i in ids]
     pruned_logits = _logits(pruned_llm, new_ids)
     np.testing.assert_allclose(pruned_logits, got[:, kept.kept_ids], rtol=0, atol=1e-4)
-    # greedy: the full file's continuation, restricted to where it stays in the kept vocabulary
     steps = 8
     full_cont = _greedy(full_llm, ids, steps)
     covered = next((i for i, t in enumerate(full_cont) if t not in kept), steps)
     pruned_cont = [int(kept.kept_ids[t]) for t in _greedy(pruned_llm, new_ids, steps)]
     assert pruned_cont[:covered] == full_cont[:covered]
+
+
+@pytest.mark.parametrize("kind", ["llama", "llama-untied", "qwen2", "qwen3", "gemma3"])
+def test_tiny_models_logits_equal_pytorch_and_pruned(tmp_path, kind, smollm2_tokenizer, kept_texts):
+    """Llama (SmolLM2's architecture, tied and untied), Qwen2, Qwen3 and Gemma 3 shapes with
+    SmolLM2's byte-level tokenizer, in llama.cpp against PyTorch, full against pruned."""
+    _llama()
+    model = _tiny_model(kind, smollm2_tokenizer)
+    full, pruned, kept = _export_pair(tmp_path, model, smollm2_tokenizer, kept_texts)
+    _check_pair(model, full, pruned, kept, smollm2_tokenizer(COVERED[0])["input_ids"][:20])
+
+
+def test_byte_fallback_gemma3_in_llama_cpp(tmp_path, bbc_texts, kept_texts):
+    """A Gemma 3 shape with a Gemma / Llama 2 style byte-fallback tokenizer: llama.cpp's
+    SentencePiece tokenizer splits covered text as the transformers tokenizer does, with the
+    full and the pruned file; logits as above."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    _llama()
+    data = _byte_fallback_json(list(bbc_texts["text"][:200]))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(data)),
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+    )
+    model = _tiny_model("gemma3", tokenizer)
+    full, pruned, kept = _export_pair(tmp_path, model, tokenizer, kept_texts)
+    full_llm, pruned_llm = _load(full, vocab_only=True), _load(pruned, vocab_only=True)
+    for text in [*COVERED, "Rare words: zygote, quixotic, 12345."]:
+        want = tokenizer(text)["input_ids"]
+        assert full_llm.tokenize(text.encode(), add_bos=False) == want
+        if all(t in kept for t in want):
+            got = pruned_llm.tokenize(text.encode(), add_bos=False)
+            assert [int(kept.kept_ids[t]) for t in got] == want
+    _check_pair(model, full, pruned, kept, tokenizer(COVERED[2])["input_ids"][:20])
 
 
 def test_q8_0_and_f16_files(tmp_path, smollm2_tokenizer, kept_texts):

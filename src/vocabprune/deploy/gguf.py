@@ -11,18 +11,20 @@ What the file holds, from the folder as written (nothing is re-derived from the 
   user-defined = other added tokens), BPE merges as the rewritten tokenizer keeps them, the
   special ids (bos/eos/unk/sep/pad/cls/mask, already renumbered by the standalone export), the
   add-bos/eos flags and the chat template (read with the gguf package's `SpecialVocab`);
-- for byte-level BPE, all 256 byte symbols: llama.cpp maps every byte of unseen text to one and
-  aborts when one is missing (the standalone export keeps them; a folder that lacks one is
-  refused here, naming the byte);
+- for byte-level BPE, the byte symbols: llama.cpp maps every byte of text it cannot merge to
+  one and aborts when it is missing (the standalone export keeps every byte symbol the original
+  has; a folder lacking one that UTF-8 text can contain is refused here, naming the byte);
 - WordPiece vocabularies in llama.cpp's "phantom space" form (BERT-type embedding models);
+- byte-fallback BPE vocabularies (Llama 2, Gemma style tokenizer.json) as llama.cpp's
+  SentencePiece type: all 256 <0xNN> byte pieces required, scores from the merge order;
 - the weights in the layout llama.cpp reads (Llama's q/k rows permuted back to its rotary
   layout, Gemma 3's norm weights +1), as f32, f16 or q8_0 (`gguf.quants`); norms and biases stay
-  f32, as do rows whose length is not a multiple of the 32-value q8_0 block (those go f16);
+  f32, and under q8_0 a matrix whose rows are not a multiple of its 32-value block goes f16;
 - `vocabprune.kept_ids`: for a pruned export, the original id of every token (new -> old).
 
 Supported: LlamaForCausalLM (SmolLM2), Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma3ForCausalLM,
-BertModel (mean/CLS pooled embedding models). Byte-level BPE and WordPiece tokenizers;
-SentencePiece-style vocabularies (byte-fallback BPE, Unigram) are refused by name.
+BertModel (mean/CLS pooled embedding models). Byte-level BPE, byte-fallback BPE and WordPiece
+tokenizers; Unigram (llama.cpp needs SentencePiece's compiled normalizer) is refused by name.
 """
 
 from __future__ import annotations
@@ -39,7 +41,11 @@ from vocabprune.core.errors import UnsupportedModelError, VocabPruneError
 from vocabprune.core.files import atomic_file, read_json
 from vocabprune.core.vocab import DEFAULT_FILENAME
 from vocabprune.deploy.manifest import MANIFEST
-from vocabprune.deploy.tokenizer_rewrite import is_byte_level
+from vocabprune.deploy.tokenizer_rewrite import (  # the one reader of tokenizer.json merges
+    _merge_pairs,
+    _merged,
+    is_byte_level,
+)
 
 OUTTYPES = ("f32", "f16", "q8_0")
 KEPT_IDS_KEY = "vocabprune.kept_ids"
@@ -71,11 +77,13 @@ KNOWN_PRE: dict[str, tuple[tuple[Any, ...], ...]] = {
 class GGUFVocab:
     """What llama.cpp's vocabulary loader reads: tokenizer model, pre-tokenizer, tokens."""
 
-    model: str  # "gpt2" (byte-level BPE) or "bert" (WordPiece)
+    model: str  # "gpt2" (byte-level BPE), "llama" (byte-fallback BPE) or "bert" (WordPiece)
     pre: str
     tokens: list[str]
     types: list[int]
     missing_bytes: tuple[int, ...] = ()  # byte-level: bytes with no symbol (never in its text)
+    scores: list[float] | None = None  # "llama": merge priority (higher merges first)
+    add_space_prefix: bool | None = None
 
 
 def _pre_steps(node: Any) -> tuple[tuple[Any, ...], ...]:
@@ -163,9 +171,17 @@ def _types(tokens: list[str], added: dict[int, dict[str, Any]]) -> list[int]:
 
 
 def gguf_vocab(data: dict[str, Any], *, pre: str | None = None) -> GGUFVocab:
-    """The llama.cpp vocabulary of a `tokenizer.json` (byte-level BPE or WordPiece)."""
+    """llama.cpp's vocabulary of a `tokenizer.json` (byte-level, byte-fallback BPE, WordPiece)."""
     model = data.get("model", {})
     kind = model.get("type")
+    if kind not in ("BPE", "WordPiece") or (
+        kind == "BPE" and not model.get("byte_fallback") and not is_byte_level(data)
+    ):
+        what = kind if kind != "BPE" else "BPE without byte-level or byte-fallback pieces"
+        raise UnsupportedModelError(
+            f"GGUF export supports byte-level BPE, byte-fallback BPE and WordPiece tokenizers, "
+            f"not {what}"
+        )
     tokens, added = _tokens_by_id(data)
     types = _types(tokens, added)
     if kind == "BPE" and is_byte_level(data) and not model.get("byte_fallback"):
@@ -185,10 +201,65 @@ def gguf_vocab(data: dict[str, Any], *, pre: str | None = None) -> GGUFVocab:
             for i, t in enumerate(tokens)
         ]
         return GGUFVocab("bert", pre or "default", phantom, types)
-    what = "byte-fallback BPE" if model.get("byte_fallback") else f"{kind}"
+    return _spm_vocab(data, tokens, types, pre)  # byte-fallback BPE
+
+
+def _space_prefix(data: dict[str, Any]) -> bool:
+    """Whether the tokenizer writes spaces as U+2581 and prepends one (SentencePiece style);
+    refuses pipelines llama.cpp's SentencePiece tokenizer does not reproduce."""
+    normalizers = data.get("normalizer") or {}
+    steps = normalizers.get("normalizers", [normalizers]) if normalizers else []
+    kinds = {n.get("type") for n in steps}
+    pre = data.get("pre_tokenizer") or {}
+    if pre.get("type") == "Metaspace" and not pre.get("split", True) and not steps:
+        return pre.get("prepend_scheme", "always") != "never"
+    replaces_space = any(
+        n.get("type") == "Replace" and n.get("pattern", {}).get("String") == " " for n in steps
+    )
+    if not pre and replaces_space and kinds <= {"Replace", "Prepend"}:
+        return "Prepend" in kinds
     raise UnsupportedModelError(
-        f"GGUF export supports byte-level BPE and WordPiece tokenizers, not {what} "
-        "(SentencePiece-style vocabularies need tokenizer.model scores)"
+        "llama.cpp's SentencePiece tokenizer writes spaces as U+2581 and does not split words; "
+        "this byte-fallback tokenizer's normalizer / pre-tokenizer differs"
+    )
+
+
+def _spm_vocab(
+    data: dict[str, Any],
+    tokens: list[str],
+    types: list[int],
+    pre: str | None,
+) -> GGUFVocab:
+    """A byte-fallback BPE vocabulary (Llama 2, Gemma style) as llama.cpp's SentencePiece one.
+
+    llama.cpp merges the adjacent pair whose concatenation has the highest score; a token's
+    score is minus the rank of the first merge that builds it, so it merges in the tokenizer's
+    merge order (a pruned tokenizer keeps its merges in the same order, so the same choices).
+    """
+    import gguf
+
+    model = data["model"]
+    index = {t: i for i, t in enumerate(tokens)}
+    for byte in range(256):
+        if f"<0x{byte:02X}>" not in index:
+            raise VocabPruneError(
+                f"the byte-fallback vocabulary lacks <0x{byte:02X}>: llama.cpp needs all 256 "
+                "byte pieces (export the standalone model, which keeps them)"
+            )
+        types[index[f"<0x{byte:02X}>"]] = int(gguf.TokenType.BYTE)
+    if model.get("unk_token") in index:
+        types[index[model["unk_token"]]] = int(gguf.TokenType.UNKNOWN)
+    scores = [-1e9] * len(tokens)
+    for rank, (a, b) in enumerate(_merge_pairs(model)):
+        merged = index.get(_merged(model, a, b))
+        if merged is not None and scores[merged] == -1e9:
+            scores[merged] = -float(rank)
+    shown = [
+        t.replace("\u2581", " ") if types[i] == gguf.TokenType.USER_DEFINED else t
+        for i, t in enumerate(tokens)
+    ]
+    return GGUFVocab(
+        "llama", pre or "default", shown, types, scores=scores, add_space_prefix=_space_prefix(data)
     )
 
 
@@ -509,6 +580,10 @@ def export_gguf(
             writer.add_tokenizer_pre(vocab.pre)
             writer.add_token_list(vocab.tokens)
             writer.add_token_types(vocab.types)
+            if vocab.scores is not None:
+                writer.add_token_scores(vocab.scores)
+            if vocab.add_space_prefix is not None:
+                writer.add_add_space_prefix(vocab.add_space_prefix)
             special = gguf.SpecialVocab(folder, load_merges=vocab.model == "gpt2", n_vocab=n_vocab)
             special.add_to_gguf(writer, quiet=True)
             if kept is not None:
