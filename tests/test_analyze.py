@@ -132,6 +132,12 @@ def test_cli_report_splits_overlap_growth_and_plot(split_files, tmp_path, capsys
     t = o["splits"][test]
     assert t["ids_only_here"] > 0  # "opera", "zebras" pieces are not in train
     assert t["ids_in_both"] + t["ids_only_here"] == report["splits"][test]["ids_used"]
+    svg = tmp_path / "curves.svg"  # in text mode the report says where the files went
+    argv = ["analyze", "--data", train, "--plot", str(svg), "--save-kept", str(tmp_path / "k.json")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"written to {svg}" in out and f"written to {tmp_path / 'k.json'}" in out
+    assert "floor: the model without its embedding + the kept rows" in out
     m = report["memory"]["fp32_adamw"]
     assert m["bytes_per_param"] == {"weights": 4, "grads": 4, "optimizer": 8}
     assert m["full"]["total"] == report["fp32_adamw_bytes_full"]

@@ -191,6 +191,9 @@ def test_every_option_has_help_and_its_default():
                 assert "default" in shown, f"{name} {action.option_strings}: default not shown"
     ft = sub.choices["finetune"].format_help()
     assert "--max-length N" in ft and "(default: 128)" in ft
+    analyze = sub.choices["analyze"].format_help()
+    assert "--task" in analyze and "(default: 128)" in analyze  # finetune's length and tasks
+    assert "causal-lm" not in sub.choices["prune"].format_help()  # prune has no --task
 
 
 def test_python_dash_m_and_several_data_paths(tmp_path):
