@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,51 @@ def _check_folder(path: str) -> None:
         raise VocabPruneError(f"{path} is not a Hugging Face model folder (no config.json)")
 
 
+# Files one of which every Hugging Face tokenizer folder holds; without them AutoTokenizer may
+# build an empty tokenizer that turns every word into the unknown token.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+EXPORT_MANIFEST = "vocabprune_export.json"  # deploy.manifest.MANIFEST (deploy sits above core)
+
+
+def _check_tokenizer_folder(path: str) -> None:
+    """Refuse a folder a tokenizer cannot come from: a compact vocabprune export (its ids are
+    renumbered; the original tokenizer sits in a subfolder), or one without tokenizer files."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return
+    manifest = folder / EXPORT_MANIFEST
+    if manifest.is_file():
+        try:
+            standalone = (
+                json.loads(manifest.read_text(encoding="utf-8")).get("kind") == "standalone"
+            )
+        except (OSError, ValueError, AttributeError):
+            standalone = False
+        if not standalone:
+            raise VocabPruneError(
+                f"{path} is a compact model written by `vocabprune prune` ({EXPORT_MANIFEST}); "
+                "pass the original model folder (load an export with vocabprune.load_compact)"
+            )
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise VocabPruneError(
+            f"model folder {path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...)"
+        )
+
+
 def load_tokenizer(path: str) -> Any:
     """AutoTokenizer for a local folder; never runs remote code."""
     from transformers import AutoTokenizer
 
     _check_folder(path)
+    _check_tokenizer_folder(path)
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except Exception as exc:  # any failure of another library's loader: one line naming the folder
@@ -57,14 +98,35 @@ def load_model(auto_class: Any, path: str, **kwargs: Any) -> Any:
         raise VocabPruneError(f"{path} holds no safetensors checkpoint (model.safetensors)")
     for file in sorted(set(files.values())):
         read_header(file)
+    want_info = bool(kwargs.pop("output_loading_info", False))
     try:
-        return auto_class.from_pretrained(
-            path, use_safetensors=True, trust_remote_code=False, **kwargs
+        model, info = auto_class.from_pretrained(
+            path, use_safetensors=True, trust_remote_code=False, output_loading_info=True, **kwargs
         )
     except MemoryError:
         raise
     except Exception as exc:  # any failure of another library's loader: one line naming the folder
         raise VocabPruneError(f"could not load the model from {path}: {_first_line(exc)}") from exc
+    check_loaded(model, info, path)
+    return (model, info) if want_info else model
+
+
+def check_loaded(model: Any, info: dict[str, Any], path: str) -> None:
+    """Refuse a checkpoint that lacks weights of the model's backbone (they would start from
+    random values, whatever the logging verbosity hides); a missing task head is the caller's
+    business (a classifier is new by design)."""
+    base = getattr(model, "base_model", model)
+    prefix = getattr(model, "base_model_prefix", "")
+    names = {n for n, _ in base.named_parameters()}
+    if base is not model and prefix:
+        names |= {f"{prefix}.{n}" for n in names}
+    missing = sorted(k for k in info.get("missing_keys") or [] if k in names)
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise VocabPruneError(
+            f"the checkpoint in {path} lacks the model's weight {missing[0]!r}{more}; "
+            "they would start from random values"
+        )
 
 
 def model_class(config: Any) -> Any:

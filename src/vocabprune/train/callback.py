@@ -23,6 +23,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from vocabprune.core.errors import MismatchError
+from vocabprune.core.files import atomic_file
 from vocabprune.core.model import model_name
 from vocabprune.core.state import get_state
 from vocabprune.train.decay import EXTRA_KEY, DecayTracker, get_tracker, track_weight_decay
@@ -59,8 +60,10 @@ def checkpoint_record(model: Any) -> dict[str, Any]:
 
 
 def write_checkpoint_record(model: Any, folder: str | os.PathLike[str]) -> Path:
+    """Write `vocabprune.json` atomically: written last, it marks the checkpoint complete."""
     path = Path(folder) / CHECKPOINT_FILE
-    path.write_text(json.dumps(checkpoint_record(model), indent=2))
+    with atomic_file(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(checkpoint_record(model), indent=2))
     return path
 
 
