@@ -126,7 +126,7 @@ class AnalyzeOptions(DataOptions):
             if name == "save_kept" and Path(path).is_dir():  # a folder gets kept_vocab.json
                 path = str(Path(path) / "kept_vocab.json")
             check_output(name, path, overwrite=self.overwrite, inputs=self.inputs())
-        suffix = Path(self.save_counts or ".npy").suffix.lower()
+        suffix = Path(self.save_counts or "counts.npy").suffix.lower()
         if suffix not in (".safetensors", ".npy"):
             raise OptionError("--save-counts writes .safetensors or .npy files")
         if self.plot is not None:
