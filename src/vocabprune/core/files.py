@@ -128,6 +128,8 @@ def check_target(
     strict = rules.overwrite is not None or kind == "folder"
     if target.is_symlink():
         raise OutputError(f"{name} is a symbolic link; give the path it points to")
+    if any(_TOKEN.search(part) for part in target.parent.parts):
+        return target  # inside a temporary vocabprune is writing: the whole of it is checked
     real = _resolved(target)
     for source in rules.inputs:
         if source == real or real in source.parents:
@@ -406,6 +408,13 @@ def _appeared(target: Path) -> OutputError:
     )
 
 
+def _unchanged(target: Path, seen: tuple[int, int] | None) -> None:
+    """The output is what the run saw when it checked it (or gone): else another run wrote it."""
+    now = _identity(target)
+    if now is not None and now != seen:
+        raise _appeared(target)
+
+
 def _place(tmp: Path, target: Path, seen: tuple[int, int] | None, claim: Claim) -> None:
     """Move the finished `tmp` to `target`: onto nothing, or onto exactly the output that was
     there when the run checked it (moved aside first, removed only once `tmp` is in place)."""
@@ -456,6 +465,7 @@ def atomic_file(
         with _one_line(target, target.parent):
             os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
             yield tmp
+            _unchanged(target, seen)
             check_target(target, kind="file", overwrite=overwrite, what=what)
             _place(tmp, target, seen, claim)
 
@@ -477,9 +487,8 @@ def atomic_dir(
             tmp.mkdir()  # the mode any new folder gets
             yield tmp
             _normal_modes(tmp)
+            _unchanged(target, seen)
             check_target(target, kind="folder", overwrite=overwrite, what=what)
-            if seen is None and target.exists():
-                raise _appeared(target)
             _place(tmp, target, seen, claim)
 
 
