@@ -69,9 +69,12 @@ def test_an_input_is_never_an_output_even_with_overwrite(tmp_path, data):
     model.mkdir()
     (model / "vocabprune_export.json").write_text("{}")  # even one that looks like ours
     for out, source in ((model, model), (data, data), (tmp_path, data)):
-        with output_rules(overwrite=True, inputs=[source]):
-            with pytest.raises(OutputError, match="input of this run"), atomic_dir(out) as tmp:
-                (tmp / "x").write_text("x")
+        with (
+            output_rules(overwrite=True, inputs=[source]),
+            pytest.raises(OutputError, match="input of this run"),
+            atomic_dir(out) as tmp,
+        ):
+            (tmp / "x").write_text("x")
     assert data.read_text().startswith("markets")
     assert sorted(p.name for p in model.iterdir()) == ["vocabprune_export.json"]
 
@@ -172,11 +175,13 @@ def test_merge_counts_does_not_replace_an_existing_sidecar(capsys, tmp_path, dat
 def test_an_output_that_appears_meanwhile_is_never_replaced(tmp_path):
     out = tmp_path / "o"
     for overwrite in (False, True):
-        with pytest.raises(OutputError, match="appeared while this run worked"):
-            with atomic_dir(out, overwrite=overwrite) as tmp:
-                (tmp / "vocabprune_run.json").write_text("mine")
-                out.mkdir()
-                (out / "vocabprune_run.json").write_text("theirs")
+        with (
+            pytest.raises(OutputError, match="appeared while this run worked"),
+            atomic_dir(out, overwrite=overwrite) as tmp,
+        ):
+            (tmp / "vocabprune_run.json").write_text("mine")
+            out.mkdir()
+            (out / "vocabprune_run.json").write_text("theirs")
         assert (out / "vocabprune_run.json").read_text() == "theirs"
         shutil.rmtree(out)
     assert list(tmp_path.iterdir()) == []
