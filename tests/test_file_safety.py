@@ -450,3 +450,74 @@ def test_claim_release_removes_its_temporaries_and_lock(tmp_path):
     assert len(list(tmp_path.iterdir())) == 2
     claim.release()
     assert list(tmp_path.iterdir()) == []
+
+
+# -- evaluation data the kept vocabulary must cover, checked when training starts ---------------
+
+
+def test_an_evaluator_the_kept_vocabulary_misses_fails_before_training(bbc_texts, minilm_dir):
+    import vocabprune as vp
+
+    st = pytest.importorskip("sentence_transformers")
+    datasets = pytest.importorskip("datasets")
+    try:
+        from sentence_transformers.sentence_transformer import evaluation, losses
+    except ImportError:  # sentence-transformers < 6
+        from sentence_transformers import evaluation, losses
+
+    articles = [t for t in bbc_texts["text"] if "\n" in t][:40]
+    titles = [a.split("\n", 1)[0].strip() for a in articles]
+    bodies = [a.split("\n", 1)[1].strip()[:300] for a in articles]
+    model = st.SentenceTransformer(str(minilm_dir), device="cpu")
+    vp.prune(model, vp.build_kept_vocab(model, titles[:8], bodies[:8]))  # the eval set unscanned
+    evaluator = evaluation.InformationRetrievalEvaluator(
+        {str(i): titles[i] for i in range(30, 40)},
+        {str(i): bodies[i] for i in range(30, 40)},
+        {str(i): {str(i)} for i in range(30, 40)},
+    )
+    args = st.SentenceTransformerTrainingArguments(
+        output_dir="/nonexistent-never-written",
+        max_steps=2,
+        per_device_train_batch_size=4,
+        report_to="none",
+        save_strategy="no",
+        eval_strategy="steps",
+        eval_steps=1,
+        disable_tqdm=True,
+    )
+    trainer = st.SentenceTransformerTrainer(
+        model=model,
+        args=args,
+        train_dataset=datasets.Dataset.from_dict({"anchor": titles[:8], "positive": bodies[:8]}),
+        loss=losses.MultipleNegativesRankingLoss(model),
+        evaluator=evaluator,
+        callbacks=[vp.VocabPruneCallback(evaluator)],
+    )
+    with pytest.raises(vp.UnknownTokenError, match="InformationRetrievalEvaluator"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+def test_tokenized_eval_rows_and_texts_are_checked(minilm_dir, minilm_tokenizer):
+    import torch
+    from transformers import BertConfig, BertModel
+
+    import vocabprune as vp
+    from vocabprune.train.callback import check_covered
+
+    model = BertModel(
+        BertConfig(
+            vocab_size=len(minilm_tokenizer),
+            hidden_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=8,
+        )
+    )
+    vp.prune(model, vp.build_kept_vocab(minilm_tokenizer, ["markets fell"], model=model))
+    check_covered(model, [{"input_ids": minilm_tokenizer("markets fell")["input_ids"]}])
+    rows = [{"input_ids": torch.tensor(minilm_tokenizer("markets rose")["input_ids"])}]
+    with pytest.raises(vp.UnknownTokenError, match="'rose'"):
+        check_covered(model, rows, tokenizer=minilm_tokenizer)
+    with pytest.raises(vp.UnknownTokenError, match="'rose'"):
+        check_covered(model, ["markets rose"], tokenizer=minilm_tokenizer)
