@@ -233,31 +233,34 @@ def _without_deepspeed() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _own_stdout() -> Iterator[None]:
-    """While a command runs, stdout (Python's and the process's file descriptor, for what C
-    code and other libraries print) goes to stderr; our own output goes through _stdout()."""
+    """While a command runs, stdout goes to stderr: Python's sys.stdout and the process's file
+    descriptor 1 (what C code and other libraries write there); our own output goes through
+    _stdout(), onto the real stdout."""
     real = sys.stdout
-    try:
-        fd = real.fileno()
+    with contextlib.suppress(OSError, ValueError, AttributeError):
         real.flush()
-        saved = os.dup(fd)
-    except (AttributeError, OSError, ValueError):  # not a real file (a test's capture)
-        fd = saved = -1
+    try:
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no descriptor 1 or 2 (a daemon): Python's stdout only
+        saved = -1
+    try:
+        writes_fd1 = real.fileno() == 1
+    except (AttributeError, OSError, ValueError):  # a test's capture: not descriptor 1
+        writes_fd1 = False
     stream = real
-    if saved >= 0:
+    if saved >= 0 and writes_fd1:
         stream = os.fdopen(saved, "w", encoding=real.encoding or "utf-8", closefd=False)
-        os.dup2(sys.__stderr__.fileno() if sys.__stderr__ else 2, fd)
     _OUT.append(stream)
     try:
         with contextlib.redirect_stdout(sys.stderr):
             yield
     finally:
         _OUT.pop()
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
         if saved >= 0:
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
-            with contextlib.suppress(OSError, ValueError):
-                sys.stdout.flush()
-            os.dup2(saved, fd)
+            os.dup2(saved, 1)
             os.close(saved)
 
 

@@ -415,6 +415,17 @@ def _unchanged(target: Path, seen: tuple[int, int] | None) -> None:
         raise _appeared(target)
 
 
+def _final_check(target: Path, seen: tuple[int, int] | None, **rules: Any) -> None:
+    """The rules again, just before the rename; an output another run placed meanwhile is
+    reported as such (whichever check notices it first)."""
+    try:
+        check_target(target, **rules)
+    except OutputError:
+        _unchanged(target, seen)
+        raise
+    _unchanged(target, seen)
+
+
 def _place(tmp: Path, target: Path, seen: tuple[int, int] | None, claim: Claim) -> None:
     """Move the finished `tmp` to `target`: onto nothing, or onto exactly the output that was
     there when the run checked it (moved aside first, removed only once `tmp` is in place)."""
@@ -465,8 +476,7 @@ def atomic_file(
         with _one_line(target, target.parent):
             os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
             yield tmp
-            _unchanged(target, seen)
-            check_target(target, kind="file", overwrite=overwrite, what=what)
+            _final_check(target, seen, kind="file", overwrite=overwrite, what=what)
             _place(tmp, target, seen, claim)
 
 
@@ -487,8 +497,7 @@ def atomic_dir(
             tmp.mkdir()  # the mode any new folder gets
             yield tmp
             _normal_modes(tmp)
-            _unchanged(target, seen)
-            check_target(target, kind="folder", overwrite=overwrite, what=what)
+            _final_check(target, seen, kind="folder", overwrite=overwrite, what=what)
             _place(tmp, target, seen, claim)
 
 
