@@ -1,7 +1,9 @@
 """Scan memory: counting holds memory bounded by a piece of text, not by the longest line.
 
 Two files made in /tmp from BBC News text (deleted afterwards):
-- one line of VOCABPRUNE_BENCH_LINE_MB (default 200) MB;
+- one line of VOCABPRUNE_BENCH_LINE_MB (default 200) MB, and one of
+  VOCABPRUNE_BENCH_LINE_FULL_MB (default 200) MB for the untruncated cases (tokenizing 200 MB
+  takes about half an hour on a loaded 2-core machine);
 - a corpus of VOCABPRUNE_BENCH_CORPUS_MB (default 1024) MB, one paragraph a line.
 
 Each case runs in a fresh process (peak RSS = its ru_maxrss), with the packaged MiniLM tokenizer:
@@ -30,6 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULT = HERE / "results" / "scan_memory.json"
 LINE_MB = int(os.environ.get("VOCABPRUNE_BENCH_LINE_MB", "200"))
+LINE_FULL_MB = int(os.environ.get("VOCABPRUNE_BENCH_LINE_FULL_MB", str(LINE_MB)))
 CORPUS_MB = int(os.environ.get("VOCABPRUNE_BENCH_CORPUS_MB", "1024"))
 WRAPPER_MB = int(os.environ.get("VOCABPRUNE_BENCH_WRAPPER_MB", "8"))
 TMP = Path(os.environ.get("VOCABPRUNE_BENCH_TMP", "/tmp"))
@@ -43,23 +46,28 @@ def _paragraphs() -> list[str]:
     return [p.strip() for t in texts for p in t.split("\n") if p.strip()]
 
 
-def make_files() -> tuple[Path, Path]:
-    """The single-line file and the corpus, written in /tmp."""
-    paragraphs = _paragraphs()
-    line, corpus = TMP / "vp-bench-line.txt", TMP / "vp-bench-corpus.txt"
-    with open(line, "w", encoding="utf-8") as f:
+def _line(path: Path, mb: int, paragraphs: list[str]) -> Path:
+    with open(path, "w", encoding="utf-8") as f:
         written, i = 0, 0
-        while written < LINE_MB * 2**20:
-            piece = paragraphs[i % len(paragraphs)] + " "
-            written += f.write(piece)
+        while written < mb * 2**20:
+            written += f.write(paragraphs[i % len(paragraphs)] + " ")
             i += 1
         f.write("\n")
+    return path
+
+
+def make_files() -> tuple[Path, Path, Path]:
+    """The single-line files and the corpus, written in /tmp."""
+    paragraphs = _paragraphs()
+    line = _line(TMP / "vp-bench-line.txt", LINE_MB, paragraphs)
+    full = _line(TMP / "vp-bench-line-full.txt", LINE_FULL_MB, paragraphs)
+    corpus = TMP / "vp-bench-corpus.txt"
     with open(corpus, "w", encoding="utf-8") as f:
         written, i = 0, 0
         while written < CORPUS_MB * 2**20:
             written += f.write(paragraphs[i % len(paragraphs)] + "\n")
             i += 1
-    return line, corpus
+    return line, full, corpus
 
 
 def _case(name: str, path: str) -> dict:
@@ -121,14 +129,16 @@ def _run(name: str, path: Path) -> dict:
 
 
 def main() -> dict:
-    line, corpus = make_files()
+    line, full, corpus = make_files()
     try:
         cases = {
             "single_line": [
                 _run("scan_128", line),
-                _run("scan_untruncated", line),
-                _run("backend_untruncated", line) if LINE_MB <= 16 else None,
                 _run("wrapper_128_slice", line),
+            ],
+            "single_line_untruncated": [
+                _run("scan_untruncated", full),
+                _run("backend_untruncated", full) if LINE_FULL_MB <= 32 else None,
             ],
             "corpus": [
                 _run("scan_128", corpus),
@@ -138,10 +148,11 @@ def main() -> dict:
             ],
         }
     finally:
-        line.unlink(missing_ok=True)
-        corpus.unlink(missing_ok=True)
+        for path in (line, full, corpus):
+            path.unlink(missing_ok=True)
     report = {
         "line_mb": LINE_MB,
+        "line_untruncated_mb": LINE_FULL_MB,
         "corpus_mb": CORPUS_MB,
         "wrapper_slice_mb": WRAPPER_MB,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
