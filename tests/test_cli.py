@@ -268,7 +268,7 @@ def test_overwrite_refuses_a_plain_file_it_did_not_write(capsys, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.txt", "out"]
 
 
-@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT"])
 def test_an_interrupted_finetune_leaves_nothing_behind(tmp_path, signum):
     import signal
     import time
