@@ -361,18 +361,27 @@ def test_a_compact_export_passed_as_model_is_refused(capsys, tmp_path, data):
     assert code == 2 and "vocabprune prune" in _error(err)
 
 
-def test_weights_that_do_not_cover_the_model_are_refused(capsys, tmp_path, minilm_dir, data):
+@pytest.mark.parametrize("task", ["classification", "sentence-embedding"])
+def test_weights_that_do_not_cover_the_model_are_refused(capsys, tmp_path, minilm_dir, task):
     import numpy as np
     from safetensors.numpy import save_file
 
     names = ["config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt"]
+    names += ["modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"]
+    names += ["1_Pooling", "special_tokens_map.json"]
+    names = [n for n in names if (Path(minilm_dir) / n).exists()]
     model = _model_copy(minilm_dir, tmp_path / "m", names)
     save_file({"unrelated.weight": np.zeros(4, dtype=np.float32)}, str(model / "model.safetensors"))
-    argv = ["finetune", "--model", model, "--data", data, "--out", tmp_path / "o"]
-    rows = [{"text": f"report {i}", "label": i % 2} for i in range(8)]
+    rows = [
+        {"text": f"report {i}", "label": i % 2, "a": f"title {i}", "b": f"body {i}"}
+        for i in range(8)
+    ]
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    argv[4] = tmp_path / "d.jsonl"
-    code, _, err = _run(capsys, *argv, "--max-steps", "1")
+    argv = ["finetune", "--task", task, "--model", model, "--data", tmp_path / "d.jsonl"]
+    argv += ["--out", tmp_path / "o", "--max-steps", "1"]
+    if task == "sentence-embedding":
+        argv += ["--text-column", "a,b"]
+    code, _, err = _run(capsys, *argv)
     assert code == 2 and "lacks the model's weight" in _error(err) and str(model) in err
     assert not (tmp_path / "o").exists()
 

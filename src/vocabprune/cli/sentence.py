@@ -19,6 +19,8 @@ from vocabprune.cli.defaults import default_data, default_model
 from vocabprune.cli.options import FinetuneOptions
 from vocabprune.core.errors import VocabPruneError
 from vocabprune.core.files import atomic_dir
+from vocabprune.core.loaders import check_model_folder, check_weights_cover
+from vocabprune.core.model import prune_target
 from vocabprune.data.sources import Examples, read_examples
 
 
@@ -79,11 +81,13 @@ def _load(opts: FinetuneOptions) -> tuple[Any, Examples, int]:
         pairs = Examples(pairs.texts + held.texts, pairs.pairs + held.pairs, None)
         n_eval = len(held)
     path = opts.model or default_model()
+    check_model_folder(path)
     try:
         model = st.SentenceTransformer(path, device="cpu", trust_remote_code=False)
     except Exception as exc:  # another library's loader: one line naming the folder
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise VocabPruneError(f"could not load a SentenceTransformer from {path}: {first}") from exc
+    check_weights_cover(prune_target(model), path)
     return model, pairs, n_eval
 
 

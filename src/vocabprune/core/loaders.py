@@ -64,6 +64,32 @@ def _check_tokenizer_folder(path: str) -> None:
         )
 
 
+def check_model_folder(path: str) -> None:
+    """What load_tokenizer checks, for loaders of other libraries (sentence-transformers)."""
+    _check_folder(path)
+    _check_tokenizer_folder(path)
+
+
+def check_weights_cover(model: Any, path: str) -> None:
+    """Refuse a model another library loaded from `path` when the folder's checkpoint lacks
+    weights of its backbone (they started from random values, whatever was logged)."""
+    try:
+        keys = set(checkpoint_files(Path(path)))
+    except CheckpointError:
+        return
+    if not keys:
+        return
+    base = getattr(model, "base_model", model)
+    prefix = getattr(model, "base_model_prefix", "")
+    missing = [
+        name
+        for name, _ in base.named_parameters()
+        if not {name, f"{prefix}.{name}"} & keys and not any(k.endswith(f".{name}") for k in keys)
+    ]
+    if missing:
+        check_loaded(base, {"missing_keys": missing}, path)
+
+
 def load_tokenizer(path: str) -> Any:
     """AutoTokenizer for a local folder; never runs remote code."""
     from transformers import AutoTokenizer
