@@ -159,7 +159,7 @@ def check_target(
 
 # -- OS errors as one line ----------------------------------------------------------------------
 
-_OS_CODE = re.compile(r"(?:os error|code:?)\s*(\d+)", re.IGNORECASE)
+_OS_CODE = re.compile(r"(?:os error|Os { code:)\s*(\d+)")  # Rust writers (safetensors)
 
 
 def _reason(exc: BaseException, where: Path) -> str | None:
