@@ -87,8 +87,9 @@ def check_resume(model: Any, checkpoint: str | os.PathLike[str]) -> dict[str, An
         if state is None:
             return {"pruned": False}
         raise MismatchError(
-            f"checkpoint {folder} has no {CHECKPOINT_FILE}: it was not written by a pruned "
-            "vocabprune run, and its optimizer state does not fit the pruned model"
+            f"checkpoint {folder} has no {CHECKPOINT_FILE}: it is incomplete (its run stopped "
+            "while writing it) or was not written by a pruned vocabprune run; resume from "
+            "another (--resume auto takes the last complete one)"
         )
     try:
         record = json.loads(path.read_text())
