@@ -260,18 +260,18 @@ def test_masked_lm_without_a_trained_head_warns(capsys, tmp_path, minilm_dir):
     assert warning and "no trained masked-lm head" in warning[0]
 
 
-def test_overwriting_a_plain_file_leaves_nothing_beside(capsys, tmp_path):
+def test_overwrite_refuses_a_plain_file_it_did_not_write(capsys, tmp_path):
     target = tmp_path / "out"
     target.write_text("a file in the way")
     data = tmp_path / "d.txt"
     data.write_text("markets fell sharply\nthe match ended\n")
     code, _, err = _run(capsys, "prune", "--data", str(data), "--out", str(target), "--overwrite")
-    assert code == 0, err
-    assert (target / "config.json").is_file()
+    assert code == 2 and "is a file, not a folder" in err
+    assert target.read_text() == "a file in the way"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.txt", "out"]
 
 
-@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT"])
 def test_an_interrupted_finetune_leaves_nothing_behind(tmp_path, signum):
     import signal
     import time
@@ -302,14 +302,23 @@ def test_an_interrupted_finetune_leaves_nothing_behind(tmp_path, signum):
 
 
 def test_a_killed_run_leaves_only_a_named_temporary_that_the_next_run_removes(capsys, tmp_path):
-    stale = tmp_path / ".o.vocabprune-tmp-999999999-trainer-abc123"  # a pid that does not exist
-    stale.mkdir()
-    (stale / "partial").write_text("left by kill -9")
+    import signal
+
+    # a writer killed outright (kill -9) while its scratch folder existed: its lock is free
+    child = (
+        "import os, pathlib, signal, sys; from vocabprune.core.files import Claim; "
+        "c = Claim(pathlib.Path(sys.argv[1]) / 'o'); p = c.path('trainer-', ''); p.mkdir(); "
+        "(p / 'partial').write_text('left by kill -9'); os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    proc = subprocess.run([sys.executable, "-c", child, str(tmp_path)], check=False)
+    assert proc.returncode == -signal.SIGKILL
+    stale = [p for p in tmp_path.iterdir() if "trainer" in p.name]
+    assert len(stale) == 1 and (stale[0] / "partial").is_file()
     data = tmp_path / "d.txt"
     data.write_text("markets fell sharply\n")
     code, _, err = _run(capsys, "prune", "--data", str(data), "--out", str(tmp_path / "o"))
     assert code == 0, err
-    assert not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.txt", "o"]
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,11 @@ Hypothesis draws command lines (every option, odd values) and input files (trunc
 binary, wrong columns, mixed types, huge lines, other encodings; kept vocabularies and export
 manifests with wrong types, negative, huge or duplicated ids, missing keys), runs `vocabprune`
 in-process, and checks every run: exit status 0 or 2, no traceback, the last line of stderr names
-the problem, no file left behind that was not there before, and --out either complete or absent.
+the problem, no file left behind that was not there before, no file it did not create changed
+(checksums of the whole test tree and the model before and after), and --out either complete or
+absent. Outputs also go to inputs, the folder holding them and the model folder (always refused),
+to a full and a read-only filesystem (a small tmpfs, where one can be mounted), and two runs
+write one --out at once.
 
 `make test` runs a bounded number of examples (derandomized, reproducible); `make fuzz` runs many
 more (VOCABPRUNE_FUZZ_EXAMPLES, random seeds) and writes its counts to VOCABPRUNE_FUZZ_REPORT.
@@ -13,9 +17,12 @@ more (VOCABPRUNE_FUZZ_EXAMPLES, random seeds) and writes its counts to VOCABPRUN
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import traceback
 from pathlib import Path
@@ -166,7 +173,7 @@ KEPT_FILES = st.one_of(
 # -- command lines ------------------------------------------------------------------------------
 
 
-def _paths(tmp: Path) -> st.SearchStrategy[str]:
+def _paths(tmp: Path, *more: str) -> st.SearchStrategy[str]:
     return st.sampled_from(
         [
             str(tmp / "new.out"),
@@ -174,7 +181,10 @@ def _paths(tmp: Path) -> st.SearchStrategy[str]:
             str(tmp / "data0"),
             str(tmp / "adir"),
             str(tmp / "afile"),
+            str(tmp / "link"),
+            str(tmp),  # the folder holding every input
             "",
+            *more,
         ]
     )
 
@@ -202,6 +212,7 @@ def _options(command: str, tmp: Path) -> st.SearchStrategy[list[str]]:
             "--plot": st.sampled_from([".png", ".svg", ".pdf", ".jpg", ""]).map(
                 lambda s: str(tmp / f"plot{s}")
             ),
+            "--overwrite": None,
             "--json": None,
         },
         "prune": {
@@ -247,6 +258,36 @@ def _options(command: str, tmp: Path) -> st.SearchStrategy[list[str]]:
 
 def _listing(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def _checksums(*roots: Path) -> dict[str, str]:
+    """sha256 of every file under `roots` (links: where they point)."""
+    sums = {}
+    for root in roots:
+        for path in root.rglob("*"):
+            if path.is_symlink():
+                sums[str(path)] = "-> " + os.readlink(path)
+            elif path.is_file():
+                sums[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return sums
+
+
+def _changed(before: dict[str, str], after: dict[str, str], argv: list[str], code: int) -> list:
+    """Files that were there before and changed or went, other than outputs of a run that
+    succeeded with --overwrite."""
+    mine: list[Path] = []
+    if code == 0:
+        for i, flag in enumerate(argv[:-1]):
+            if flag in ("--out", "--save-kept", "--plot", "--save-counts") and argv[i + 1]:
+                mine.append(Path(argv[i + 1]).resolve())
+    changed = []
+    for name, digest in before.items():
+        path = Path(name).resolve()
+        if any(path == m or m in path.parents or Path(f"{m}.json") == path for m in mine):
+            continue
+        if after.get(name) != digest:
+            changed.append(name)
+    return changed
 
 
 def _run(argv: list[str]) -> tuple[int, str, str]:
@@ -313,15 +354,107 @@ def test_fuzz_command_lines_and_files(tiny, command, files, kept_file, data):
             path.write_bytes(content)
             paths.append(str(path))
         (root / "data0").write_bytes(files[0][1])  # no suffix: another odd input
+        (root / "link").symlink_to(root / "afile")
         argv = [command, "--model", str(tiny), "--data", *paths]
         if command in ("finetune", "prune"):
-            argv += ["--out", data.draw(_paths(root), label="out")]
+            argv += ["--out", data.draw(_paths(root, str(tiny), *paths), label="out")]
         if command == "finetune":
             argv += ["--max-steps", "1", "--batch-size", "2"]
         argv += data.draw(_options(command, root), label="options")
-        before = _listing(root)
+        before, sums = _listing(root), _checksums(root, tiny)
         code, _, err = _run(argv)
         _check(command, argv, code, err, before, root)
+        changed = _changed(sums, _checksums(root, tiny), argv, code)
+        assert not changed, (argv, code, changed[:5], err[-500:])
+
+
+# -- full and read-only filesystems, concurrent runs -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_fs(tmp_path_factory):
+    """A 256 KiB tmpfs (full after one count file) and a read-only one; skipped where this
+    process cannot mount (mount needs root)."""
+    root = tmp_path_factory.mktemp("fs")
+    mounted = []
+    for name, options in (("full", "size=256k"), ("ro", "size=64k,ro")):
+        (root / name).mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(root / name)],
+            capture_output=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            for path in mounted:
+                subprocess.run(["umount", str(path)], check=False)
+            pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(root / name)
+    yield root
+    for path in mounted:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+@FUZZ
+@given(
+    command=st.sampled_from(["analyze", "prune"]),
+    where=st.sampled_from(["full", "ro"]),
+    flag=st.sampled_from(["--save-kept", "--save-counts", "--plot", "--out"]),
+    name=st.sampled_from(["o.json", "o.npy", "o.safetensors", "o.png", "o.svg", "sub/o"]),
+    fill=st.integers(0, 250),
+)
+def test_fuzz_full_and_read_only_filesystems(tiny, small_fs, command, where, flag, name, fill):
+    """Out of space (after `fill` KiB of other files) or read-only: exit 0 or 2 with one line,
+    nothing left behind, the other files intact."""
+    folder = small_fs / where
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "d.txt"
+        data.write_text("\n".join(r["text"] for r in _rows(8)))
+        ballast = folder / "ballast"
+        if where == "full":
+            with contextlib.suppress(OSError):
+                ballast.write_bytes(b"x" * fill * 1024)
+        before, sums = _listing(folder), _checksums(folder, tiny, Path(tmp))
+        if command == "prune" or flag == "--out":
+            argv = ["prune", "--model", str(tiny), "--data", str(data), "--out", str(folder / name)]
+        else:
+            argv = [command, "--model", str(tiny), "--data", str(data), flag, str(folder / name)]
+        code, _, err = _run(argv)
+        _check(argv[0], argv, code, err, before, folder)
+        assert not _changed(sums, _checksums(folder, tiny, Path(tmp)), argv, code)
+        for path in sorted(folder.iterdir()):
+            if path.is_dir():
+                import shutil
+
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_two_runs_writing_one_out_at_once(tiny, tmp_path, overwrite):
+    """Both run to the end at the same time: each exits 0 or 2 (naming the folder), at least one
+    wins, without --overwrite exactly one; the folder is one complete output; nothing else."""
+    data = tmp_path / "d.txt"
+    data.write_text("\n".join(r["text"] for r in _rows(8)))
+    out = tmp_path / "o"
+    argv = [sys.executable, "-m", "vocabprune", "prune", "--model", str(tiny)]
+    argv += ["--data", str(data), "--out", str(out)] + (["--overwrite"] if overwrite else [])
+    sums = _checksums(tiny, tmp_path)
+    procs = [
+        subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes in ([0, 2], [0, 0] if overwrite else [0, 2]), results
+    for code, err in results:
+        assert "Traceback" not in err
+        if code == 2:
+            assert str(out) in err.strip().splitlines()[-1], err[-500:]
+    assert (out / "config.json").is_file() and (out / "kept_vocab.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.txt", "o"]
+    after = _checksums(tiny, tmp_path)
+    assert not [n for n in sums if not Path(n).is_relative_to(out) and after.get(n) != sums[n]]
 
 
 # -- exports and kept vocabularies read through the Python API ---------------------------------

@@ -49,6 +49,8 @@ def load_labelled(
     raw = [v for p in parts for v in (p.labels or [])]
     if any(v is None for v in raw):
         raise ScanError("some examples have no label")
+    if len(parts) > 1:
+        _check_eval_labels(parts[0].labels or [], parts[1].labels or [], eval_paths or [])
     names = sorted({str(v) for v in raw}, key=_label_key)
     if len(names) < 2:
         raise ScanError(f"classification needs at least 2 labels, found {names}")
@@ -57,6 +59,22 @@ def load_labelled(
     pairs = None if parts[0].pairs is None else [t for p in parts for t in p.pairs or []]
     n_eval = len(parts[1]) if len(parts) > 1 else 0
     return LabelledData(texts, pairs, [index[str(v)] for v in raw], names), n_eval
+
+
+def _check_eval_labels(train: list[Any], held: list[Any], eval_paths: list[str]) -> None:
+    """Every evaluation label is one training gave the model (same value, same type): an
+    unseen label can never be predicted, and `1.0` is not the class `1`."""
+    seen = {str(v) for v in train}
+    unseen = sorted({str(v) for v in held} - seen, key=_label_key)
+    if not unseen:
+        return
+    kinds = sorted({type(v).__name__ for v in train}), sorted({type(v).__name__ for v in held})
+    of_type = f" (labels of type {'/'.join(kinds[1])}, training has {'/'.join(kinds[0])})"
+    raise ScanError(
+        f"--eval-data {', '.join(eval_paths)} has the label {unseen[0]!r}"
+        f"{of_type if kinds[0] != kinds[1] else ''} that --data never has "
+        f"(training labels: {', '.join(sorted(seen, key=_label_key)[:8])})"
+    )
 
 
 def _label_key(name: str) -> tuple[int, Any]:

@@ -2,8 +2,11 @@
 
 Flags are parsed (cli/parser.py) into the typed options of cli/options.py, validated there, and
 handed to the job. Every failure is one line on stderr naming the problem (`vocabprune: error:
-...`) and exit status 2; outputs are written to temporaries and renamed, and the temporaries of a
-run that fails or is interrupted (SIGINT, SIGTERM) are removed.
+...`) and exit status 2; outputs are written to temporaries and renamed under the rules of
+core/files.py (inputs are never outputs, --overwrite replaces only vocabprune outputs), and the
+temporaries of a run that fails or is interrupted (SIGINT, SIGTERM, SIGHUP, SIGQUIT) are
+removed. stdout carries only our output: what other libraries print while a command runs goes to
+stderr.
 """
 
 from __future__ import annotations
@@ -15,11 +18,19 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from vocabprune.cli.options import AnalyzeOptions, FinetuneOptions, PruneOptions
 from vocabprune.cli.parser import EXIT_ERROR, build_parser
 from vocabprune.core.errors import VocabPruneError
+from vocabprune.core.files import output_rules
+
+# Our own stdout while a command runs (sys.stdout then goes to stderr): see _own_stdout.
+_OUT: list[TextIO] = []
+
+
+def _stdout() -> TextIO:
+    return _OUT[-1] if _OUT else sys.stdout
 
 
 def _say(args: argparse.Namespace) -> Callable[[str], None] | None:
@@ -56,18 +67,24 @@ def cmd_analyze(args: argparse.Namespace) -> dict[str, Any]:
         save_counts=args.save_counts,
         plot=args.plot,
         progress=False if args.json else None,
+        overwrite=args.overwrite,
     )
     _ready(opts)
     from vocabprune.cli.analyze import analyze, format_report
 
-    report, _ = analyze(opts)
+    with output_rules(overwrite=opts.overwrite, inputs=opts.inputs()):
+        report, _ = analyze(opts)
     if not args.json:
-        print(format_report(report))
+        out = _stdout()
+        print(format_report(report), file=out)
         for key, what in (("kept_vocab_file", "kept vocabulary"), ("counts_file", "counts")):
             if report.get(key):
-                print(f"{what} written to {report[key]}")
+                print(f"{what} written to {report[key]}", file=out)
         if report.get("plot_file"):
-            print(f"figure (vocabulary growth, top-k coverage) written to {report['plot_file']}")
+            print(
+                f"figure (vocabulary growth, top-k coverage) written to {report['plot_file']}",
+                file=out,
+            )
     return report
 
 
@@ -100,7 +117,10 @@ def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
     from vocabprune.cli.sentence import run_sentence_finetune
 
     # Trainer prints its logs on stdout: keep stdout for the one JSON object.
-    with contextlib.redirect_stdout(sys.stderr):
+    with (
+        contextlib.redirect_stdout(sys.stderr),
+        output_rules(overwrite=opts.overwrite, inputs=opts.inputs()),
+    ):
         if opts.task == "classification":
             report = run_finetune(opts, log=_say(args))
         elif opts.task == "sentence-embedding":
@@ -109,7 +129,7 @@ def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
             report = run_lm_finetune(opts, log=_say(args), warn=_warn)
     report.pop("eval_predictions", None)
     if not args.json:
-        print(_finetune_line(report))
+        print(_finetune_line(report), file=_stdout())
     return report
 
 
@@ -120,16 +140,18 @@ def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
     _ready(opts)
     from vocabprune.cli.prune import run_prune
 
-    report = run_prune(opts, log=_say(args))
+    with output_rules(overwrite=opts.overwrite, inputs=opts.inputs()):
+        report = run_prune(opts, log=_say(args))
     if not args.json:
         print(
             f"{'standalone' if report['standalone'] else 'compact'} model written to "
             f"{report['out']}: kept {report['kept_tokens']:,}/{report['vocab_size']:,} ids, "
             f"weights {report['export_weights_bytes'] / 2**20:,.1f} MiB (full "
             f"{report['source_weights_bytes'] / 2**20:,.1f} MiB); "
-            f"{report['changed_tokens']:,} corpus tokens changed"
+            f"{report['changed_tokens']:,} corpus tokens changed",
+            file=_stdout(),
         )
-        print(_coverage_line(report))
+        print(_coverage_line(report), file=_stdout())
     return report
 
 
@@ -155,11 +177,15 @@ def cmd_merge_counts(args: argparse.Namespace) -> dict[str, Any]:
     from vocabprune.cli.options import check_output
     from vocabprune.data.counts import merge_counts, save_counts
 
-    check_output("out", args.out, overwrite=args.overwrite)
+    inputs = [*args.inputs, *(f"{p}.json" for p in args.inputs)]  # .npy sidecars too
+    sidecar = [f"{args.out}.json"] if Path(args.out).suffix.lower() == ".npy" else []
+    for path in [args.out, *sidecar]:
+        check_output("out", path, overwrite=args.overwrite, inputs=inputs)
     if Path(args.out).suffix.lower() not in (".safetensors", ".npy"):
         raise VocabPruneError("--out of merge-counts is a .safetensors or .npy file")
     merged = merge_counts(args.inputs)
-    save_counts(args.out, merged)
+    with output_rules(overwrite=args.overwrite, inputs=inputs):
+        save_counts(args.out, merged)
     report = {
         "out": str(args.out),
         "inputs": list(args.inputs),
@@ -173,7 +199,8 @@ def cmd_merge_counts(args: argparse.Namespace) -> dict[str, Any]:
         print(
             f"merged {len(args.inputs)} count files ({report['shards']} shards): "
             f"{report['total_tokens']:,} tokens, {report['ids_used']:,} of "
-            f"{report['vocab_size']:,} ids used; written to {args.out}"
+            f"{report['vocab_size']:,} ids used; written to {args.out}",
+            file=_stdout(),
         )
     return report
 
@@ -198,7 +225,8 @@ def _quiet_transformers() -> None:
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that every `finally` removes what it wrote."""
+    """SIGTERM, SIGHUP (a closed terminal) or SIGQUIT, raised like Ctrl-C so that every
+    `finally` removes what it wrote."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -210,21 +238,92 @@ def _terminate_as_interrupt() -> Iterator[None]:
     def handler(signum: int, frame: Any) -> None:
         raise Interrupted(signum)
 
+    previous = {}
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        for signum in ENDING_SIGNALS:
+            previous[signum] = signal.signal(signum, handler)
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, before in previous.items():
+            signal.signal(signum, before)
+
+
+@contextlib.contextmanager
+def _without_deepspeed() -> Iterator[None]:
+    """No command uses DeepSpeed, so none imports it: accelerate imports it whenever it is
+    installed (save_pretrained -> unwrap_model -> extract_model_from_parallel), and importing it
+    prints a warning on stdout and takes a second. `sys.modules[name] = None` is Python's
+    documented way to make a module unimportable; accelerate and transformers ask
+    importlib.util.find_spec, which then answers None (not installed)."""
+    if "deepspeed" in sys.modules:
+        yield
+        return
+    sys.modules["deepspeed"] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if "deepspeed" in sys.modules and sys.modules["deepspeed"] is None:
+            del sys.modules["deepspeed"]
+
+
+@contextlib.contextmanager
+def _own_stdout() -> Iterator[None]:
+    """While a command runs, stdout goes to stderr: Python's sys.stdout and the process's file
+    descriptor 1 (what C code and other libraries write there); our own output goes through
+    _stdout(), onto the real stdout."""
+    real = sys.stdout
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        real.flush()
+    try:
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no descriptor 1 or 2 (a daemon): Python's stdout only
+        saved = -1
+    try:
+        writes_fd1 = real.fileno() == 1
+    except (AttributeError, OSError, ValueError):  # a test's capture: not descriptor 1
+        writes_fd1 = False
+    stream = real
+    if saved >= 0 and writes_fd1:
+        stream = os.fdopen(saved, "w", encoding=real.encoding or "utf-8", closefd=False)
+    _OUT.append(stream)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _OUT.pop()
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+        if saved >= 0:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+ENDING_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGQUIT") if hasattr(signal, name)
+)
+
+
+def _os_error(exc: OSError) -> str:
+    """An OS error as one line: its reason and the file it names."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{reason}: {exc.filename}" if exc.filename else reason
 
 
 def _fail(message: str) -> int:
     text = " ".join(str(message).split()) or "unexpected error"
     print(f"vocabprune: error: {text}", file=sys.stderr)
     return EXIT_ERROR
+
+
+def _silence_stdout() -> None:
+    """After stdout failed (full device), nothing more is written to it, not even at exit."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _print_json(report: dict[str, Any]) -> None:
@@ -236,20 +335,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with _terminate_as_interrupt():
-            report = COMMANDS[args.command](args)
+            with _without_deepspeed(), _own_stdout():
+                report = COMMANDS[args.command](args)
             if args.json and report.get("rank", 0) == 0:  # torchrun: rank 0 prints
                 _print_json(report)
             else:
                 sys.stdout.flush()
     except VocabPruneError as exc:
         return _fail(str(exc))
-    except (FileExistsError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-        return _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
     except BrokenPipeError:
         # The reader of stdout went away (`| head`): say so once, and silence the final flush.
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return _fail("stdout was closed before all the output was written (broken pipe)")
+    except OSError as exc:  # a full or read-only disk, a name too long, stdout on a full device
+        _silence_stdout()
+        return _fail(_os_error(exc))
     except MemoryError:
         return _fail("out of memory (try a smaller --batch-size or --max-length)")
     except KeyboardInterrupt as exc:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vocabprune.core.errors import VocabPruneError
-from vocabprune.core.files import check_model_folder
+from vocabprune.core.files import check_model_folder, check_target, output_rules
 from vocabprune.data.sources import check_source
 from vocabprune.data.tasks import DEFAULT_MAX_LENGTH, TASKS
 
@@ -56,13 +56,23 @@ def check_task(task: Any) -> None:
         raise OptionError(f"--task must be one of {', '.join(TASKS)}, not {task!r}")
 
 
-def check_output(name: str, value: Any, *, overwrite: bool | None = None) -> None:
-    """A path to write: not empty, its folder writable; existing only with --overwrite."""
+def check_output(
+    name: str,
+    value: Any,
+    *,
+    overwrite: bool | None = None,
+    kind: str = "file",
+    inputs: Sequence[str | None] = (),
+) -> None:
+    """A path to write: not empty, its folder a folder, and the rules of every output
+    (core.files.check_target: not an input, not a link, existing only with --overwrite and
+    then only a vocabprune output)."""
     if not isinstance(value, str) or not value.strip():
         raise OptionError(f"{_flag(name)} needs a path")
     path = Path(value)
-    if overwrite is False and path.exists():
-        raise OptionError(f"{_flag(name)} {value} already exists (use --overwrite)")
+    if overwrite is not None:
+        with output_rules(overwrite=overwrite, inputs=inputs):
+            check_target(path, kind=kind, what=_flag(name))
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -78,6 +88,10 @@ class DataOptions:
     data: Sequence[str] = ()
     text_column: str | None = None
     max_length: int | None = None  # None: untruncated (finetune: the model's own limit)
+
+    def inputs(self) -> list[str | None]:
+        """The files and folders this run reads: never an output (core.files)."""
+        return [self.model, *self.data]
 
     def validate(self) -> None:
         check_int("max_length", self.max_length, low=2, none_ok=True)
@@ -118,19 +132,31 @@ class AnalyzeOptions(DataOptions):
     save_counts: str | None = None
     plot: str | None = None
     progress: bool | None = None
+    overwrite: bool = False
+
+    def outputs(self) -> list[tuple[str, str]]:
+        """(option, path) of every file this run writes (a .npy's sidecar too)."""
+        found = [(n, getattr(self, n)) for n in ("save_kept", "save_counts", "plot")]
+        found = [(n, p) for n, p in found if p is not None]
+        if self.save_counts and Path(self.save_counts).suffix.lower() == ".npy":
+            found.append(("save_counts", self.save_counts + ".json"))
+        return found
 
     def validate(self) -> None:
         super().validate()
         check_task(self.task)
         check_int("min_count", self.min_count, low=1)
-        if self.save_kept is not None:
-            check_output("save_kept", self.save_kept)
-        if self.save_counts is not None:
-            check_output("save_counts", self.save_counts)
-            if Path(self.save_counts).suffix.lower() not in (".safetensors", ".npy"):
-                raise OptionError("--save-counts writes .safetensors or .npy files")
+        paths = [str(Path(p).resolve()) for _, p in self.outputs() if str(p).strip()]
+        if len(set(paths)) < len(paths):
+            raise OptionError("--save-kept, --save-counts and --plot must be different files")
+        for name, path in self.outputs():
+            if name == "save_kept" and Path(path).is_dir():  # a folder gets kept_vocab.json
+                path = str(Path(path) / "kept_vocab.json")
+            check_output(name, path, overwrite=self.overwrite, inputs=self.inputs())
+        suffix = Path(self.save_counts or "counts.npy").suffix.lower()
+        if suffix not in (".safetensors", ".npy"):
+            raise OptionError("--save-counts writes .safetensors or .npy files")
         if self.plot is not None:
-            check_output("plot", self.plot)
             if Path(self.plot).is_dir():
                 raise OptionError(f"--plot {self.plot} is a folder; give a file name")
             if Path(self.plot).suffix.lower() not in PLOT_SUFFIXES:
@@ -167,10 +193,14 @@ class FinetuneOptions(DataOptions):
     lm_head: str | None = None  # LM tasks: "frozen" (default: full softmax) or "restricted"
     extra_training_args: dict[str, Any] = field(default_factory=dict)
 
+    def inputs(self) -> list[str | None]:
+        resume = self.resume if self.resume != "auto" else None
+        return [*super().inputs(), *self.eval_data, self.kept, resume]
+
     def validate(self) -> None:
         super().validate()
         check_task(self.task)
-        check_output("out", self.out, overwrite=self.overwrite)
+        check_output("out", self.out, overwrite=self.overwrite, kind="folder", inputs=self.inputs())
         if self.max_steps != -1:
             check_int("max_steps", self.max_steps, low=1)
         check_float("epochs", self.epochs, low=0, open_low=True)
@@ -186,6 +216,7 @@ class FinetuneOptions(DataOptions):
         check_int("save_steps", self.save_steps, low=1, none_ok=True)
         if self.checkpoint_dir is not None:
             check_output("checkpoint_dir", self.checkpoint_dir)
+            self._check_checkpoint_dir()
         for path in self.eval_data:
             if not str(path).strip():
                 raise OptionError("--eval-data needs a path")
@@ -197,6 +228,22 @@ class FinetuneOptions(DataOptions):
             )
         if self.lm_head is not None and self.task not in ("causal-lm", "masked-lm", "seq2seq"):
             raise OptionError("--lm-head is for --task causal-lm, masked-lm or seq2seq")
+
+    def _check_checkpoint_dir(self) -> None:
+        """Checkpoints live beside the output, never in it (the final rename would delete them)
+        nor around it, nor in an input."""
+        folder, out = Path(self.checkpoint_dir or "").resolve(), Path(self.out).resolve()
+        if folder == out or out in folder.parents or folder in out.parents:
+            raise OptionError(
+                f"--checkpoint-dir {self.checkpoint_dir} and --out {self.out} must be separate "
+                "folders (neither inside the other)"
+            )
+        for source in [*super().inputs(), *self.eval_data, self.kept]:
+            real = Path(source).resolve() if source else None
+            if real is not None and (real == folder or folder in real.parents):
+                raise OptionError(
+                    f"--checkpoint-dir {self.checkpoint_dir} is an input of this run ({source})"
+                )
 
 
 @dataclass(kw_only=True)
@@ -214,9 +261,12 @@ class PruneOptions(DataOptions):
     quantize: str | None = None  # onnx: int8; gguf: a GGUF type, checked by the GGUF writer
     probe: Sequence[str] = ()  # text whose covered share the report gives (default: --data)
 
+    def inputs(self) -> list[str | None]:
+        return [*super().inputs(), self.kept]
+
     def validate(self) -> None:
         super().validate()
-        check_output("out", self.out, overwrite=self.overwrite)
+        check_output("out", self.out, overwrite=self.overwrite, kind="folder", inputs=self.inputs())
         check_int("min_count", self.min_count, low=1)
         check_int("target_size", self.target_size, low=1, none_ok=True)
         if self.unknown is not None and self.unknown not in UNKNOWN_POLICIES:

@@ -125,6 +125,11 @@ def _add_analyze(sub: Any) -> None:
         metavar="FILE",
         help="draw vocabulary growth and top-k coverage into FILE (.png, .pdf or .svg)",
     )
+    an.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing --save-kept/--save-counts/--plot files (vocabprune's own only)",
+    )
     _add_common(an)
 
 

@@ -18,8 +18,9 @@ import vocabprune.cli.steps as steps
 from vocabprune.cli.defaults import default_data, default_model
 from vocabprune.cli.options import FinetuneOptions
 from vocabprune.core.errors import VocabPruneError
-from vocabprune.core.files import atomic_dir
-from vocabprune.core.loaders import load_config, model_class, model_kwargs
+from vocabprune.core.files import atomic_dir, check_model_folder
+from vocabprune.core.loaders import check_weights_cover, load_config, model_class, model_kwargs
+from vocabprune.core.model import prune_target
 from vocabprune.data.sources import Examples, read_examples
 from vocabprune.data.tasks import task_examples
 
@@ -93,6 +94,7 @@ def _load(opts: FinetuneOptions) -> tuple[Any, Examples, int]:
         pairs = Examples(pairs.texts + held.texts, pairs.pairs + held.pairs, None)
         n_eval = len(held)
     path = opts.model or default_model()
+    check_model_folder(path)
     from transformers import set_seed
 
     set_seed(opts.seed)  # anything the checkpoint lacks starts from the same values every run
@@ -103,6 +105,7 @@ def _load(opts: FinetuneOptions) -> tuple[Any, Examples, int]:
     except Exception as exc:  # another library's loader: one line naming the folder
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise VocabPruneError(f"could not load a SentenceTransformer from {path}: {first}") from exc
+    check_weights_cover(prune_target(model), path)
     return model, pairs, n_eval
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from vocabprune.cli.options import DataOptions, FinetuneOptions
 from vocabprune.core.errors import MismatchError, ScanError, VocabPruneError
-from vocabprune.core.files import atomic_dir, scratch_dir
+from vocabprune.core.files import atomic_dir, remove, scratch_dir
 from vocabprune.core.prune import prune
 from vocabprune.core.restore import restore
 from vocabprune.core.state import get_state
@@ -200,16 +200,34 @@ def resume_checkpoint(resume: str | None, folder: Path | None) -> Path | None:
     if not resume:
         return None
     if resume == "auto":
-        from transformers.trainer_utils import get_last_checkpoint
-
-        if folder is None or not folder.is_dir():
-            return None
-        last = get_last_checkpoint(str(folder))
-        return Path(last) if last else None
+        found = complete_checkpoints(folder) if folder is not None else []
+        return found[-1] if found else None
     path = Path(resume)
     if not path.is_dir():
         raise VocabPruneError(f"checkpoint to resume from not found: {path}")
     return path
+
+
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """The checkpoint-N folders in `folder` that are complete, by step: those holding
+    vocabprune.json, which VocabPruneCallback writes (atomically) after Trainer saved all the
+    rest. A checkpoint cut short (a signal, a full disk, kill -9) has none."""
+    from vocabprune.train.callback import CHECKPOINT_FILE
+
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-", 1)[1].isdigit()]
+    found = [p for p in found if (p / CHECKPOINT_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+
+
+def drop_partial_checkpoints(folder: Path, before: set[Path]) -> None:
+    """Remove the checkpoints this run began and did not finish (checkpoints are complete or
+    absent)."""
+    done = set(complete_checkpoints(folder))
+    for path in folder.glob("checkpoint-*") if folder.is_dir() else []:
+        if path not in before and path not in done and path.is_dir():
+            remove(path)
 
 
 def trainer_scratch(out: Path) -> contextlib.AbstractContextManager[Path]:
@@ -275,8 +293,14 @@ def train(
     if resume is not None:
         check_resume(model, resume)  # refuses another model / kept vocabulary
         say(f"resuming from {resume}")
+    folder = Path(targs.output_dir)
+    before = set(folder.glob("checkpoint-*")) if folder.is_dir() else set()
     t0 = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    try:
+        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except BaseException:  # an error, a full disk, a signal: no half-written checkpoint stays
+        drop_partial_checkpoints(folder, before)
+        raise
     return trainer, output, time.perf_counter() - t0
 
 

@@ -17,6 +17,26 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def check_weights_cover(model: Any, path: str) -> None:
+    """Refuse a model another library loaded from `path` when the folder's checkpoint lacks
+    weights of its backbone (they started from random values, whatever was logged)."""
+    try:
+        keys = set(checkpoint_files(Path(path)))
+    except CheckpointError:
+        return
+    if not keys:
+        return
+    base = getattr(model, "base_model", model)
+    prefix = getattr(model, "base_model_prefix", "")
+    missing = [
+        name
+        for name, _ in base.named_parameters()
+        if not {name, f"{prefix}.{name}"} & keys and not any(k.endswith(f".{name}") for k in keys)
+    ]
+    if missing:
+        check_loaded(base, {"missing_keys": missing}, path)
+
+
 def load_tokenizer(path: str) -> Any:
     """AutoTokenizer for a local folder; never runs remote code."""
     from transformers import AutoTokenizer
@@ -34,7 +54,7 @@ def load_config(path: str) -> Any:
     """AutoConfig for a local folder; never runs remote code."""
     from transformers import AutoConfig
 
-    check_model_folder(path)
+    check_model_folder(path, tokenizer=False)
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=False)
     except Exception as exc:  # any failure of another library's loader: one line naming the folder
@@ -44,20 +64,41 @@ def load_config(path: str) -> Any:
 def load_model(auto_class: Any, path: str, **kwargs: Any) -> Any:
     """`auto_class.from_pretrained` from safetensors only (no pickle), never remote code. Every
     checkpoint file is checked first (complete, readable), so a truncated one is named."""
-    check_model_folder(path)
+    check_model_folder(path, tokenizer=False)
     files = checkpoint_files(Path(path))
     if not files and Path(path).is_dir():
         raise VocabPruneError(f"{path} holds no safetensors checkpoint (model.safetensors)")
     for file in sorted(set(files.values())):
         read_header(file)
+    want_info = bool(kwargs.pop("output_loading_info", False))
     try:
-        return auto_class.from_pretrained(
-            path, use_safetensors=True, trust_remote_code=False, **kwargs
+        model, info = auto_class.from_pretrained(
+            path, use_safetensors=True, trust_remote_code=False, output_loading_info=True, **kwargs
         )
     except MemoryError:
         raise
     except Exception as exc:  # any failure of another library's loader: one line naming the folder
         raise VocabPruneError(f"could not load the model from {path}: {_first_line(exc)}") from exc
+    check_loaded(model, info, path)
+    return (model, info) if want_info else model
+
+
+def check_loaded(model: Any, info: dict[str, Any], path: str) -> None:
+    """Refuse a checkpoint that lacks weights of the model's backbone (they would start from
+    random values, whatever the logging verbosity hides); a missing task head is the caller's
+    business (a classifier is new by design)."""
+    base = getattr(model, "base_model", model)
+    prefix = getattr(model, "base_model_prefix", "")
+    names = {n for n, _ in base.named_parameters()}
+    if base is not model and prefix:
+        names |= {f"{prefix}.{n}" for n in names}
+    missing = sorted(k for k in info.get("missing_keys") or [] if k in names)
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise VocabPruneError(
+            f"the checkpoint in {path} lacks the model's weight {missing[0]!r}{more}; "
+            "they would start from random values"
+        )
 
 
 def model_class(config: Any) -> Any:

@@ -24,7 +24,7 @@ from vocabprune.core.checkpoint import (
     read_tensor,
 )
 from vocabprune.core.errors import MismatchError
-from vocabprune.core.files import TMP_TAG, clean_stale
+from vocabprune.core.files import Claim, clean_stale
 
 
 class RowStore(Protocol):
@@ -106,13 +106,11 @@ class TempFileRows:
     """Rows written to a temporary safetensors file: used when the model trains on the CPU."""
 
     def __init__(self, tensor: torch.Tensor, directory: str | None = None) -> None:
-        folder = directory or tempfile.gettempdir()
+        folder = Path(directory or tempfile.gettempdir())
         clean_stale(folder)
-        prefix = f"{TMP_TAG}-{os.getpid()}-rows-"
-        fd, name = tempfile.mkstemp(prefix=prefix, suffix=".safetensors", dir=folder)
-        os.close(fd)
-        self.path = Path(name)
-        self._finalizer = weakref.finalize(self, _unlink, self.path)
+        claim = Claim(folder / "rows")  # the writer's lock: no other run removes the file
+        self.path = claim.path("rows-", ".safetensors")
+        self._finalizer = weakref.finalize(self, claim.release)
         save_file({"rows": tensor.detach().contiguous().cpu()}, str(self.path))
         self.dtype = tensor.dtype
         self.description = f"temporary file {self.path}"
@@ -123,10 +121,6 @@ class TempFileRows:
 
     def close(self) -> None:
         self._finalizer()
-
-
-def _unlink(path: Path) -> None:
-    path.unlink(missing_ok=True)
 
 
 def _equal_to_stored(tensor: torch.Tensor, sl: object, chunk_elements: int = 1 << 24) -> bool:

@@ -70,10 +70,12 @@ def save_counts(path: str | os.PathLike[str], counts: Counts) -> Path:
         with atomic_file(target) as tmp:
             save_file({"counts": array}, str(tmp), metadata=meta)
         return target
-    with atomic_file(target.with_name(target.name + ".json")) as tmp:
-        tmp.write_text(json.dumps(meta))
-    with atomic_file(target) as tmp, open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
+    # both written before either is placed: a full disk leaves neither
+    sidecar = target.with_name(target.name + ".json")
+    with atomic_file(target) as tmp, atomic_file(sidecar) as tmp_meta:
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+        tmp_meta.write_text(json.dumps(meta))
     return target
 
 

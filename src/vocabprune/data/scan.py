@@ -203,9 +203,12 @@ def _backend_encoder(
                 _BACKENDS.clear()
             _BACKENDS[key] = (backend, copy)  # holding backend: its id is not reused
         n = min(len(texts), 16)
-        sample = list(texts[:n]) if pairs is None else list(zip(texts[:n], pairs[:n], strict=True))
+        # the sample's long texts cut short: the wrapper would tokenize a 200 MB line whole
+        firsts = [str(t)[:SAMPLE_CHARS] for t in texts[:n]]
+        seconds = None if pairs is None else [str(t)[:SAMPLE_CHARS] for t in pairs[:n]]
+        sample = firsts if seconds is None else list(zip(firsts, seconds, strict=True))
         fast = [e.ids for e in copy.encode_batch_fast(sample, add_special_tokens=True)]
-        args = (list(texts[:n]),) if pairs is None else (list(texts[:n]), list(pairs[:n]))
+        args = (firsts,) if seconds is None else (firsts, seconds)
         slow = [list(map(int, r)) for r in tokenizer(*args, **kwargs)["input_ids"]]
     except Exception:  # any surprise: the wrapper path is always right
         return None
@@ -217,8 +220,102 @@ _BACKENDS: dict[tuple[Any, ...], tuple[Any, Any]] = {}
 
 
 def _encode_ids(backend: Any, batch: list[Any]) -> np.ndarray:
-    encodings = backend.encode_batch_fast(batch, add_special_tokens=True)
-    return np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int64)
+    """The ids of a batch (order aside: they are counted); a text longer than LONG_TEXT
+    characters is tokenized in bounded pieces (see LongTexts)."""
+    long = [t for t in batch if isinstance(t, str) and len(t) > LONG_TEXT]
+    short = [t for t in batch if not isinstance(t, str) or len(t) <= LONG_TEXT] if long else batch
+    encodings = backend.encode_batch_fast(short, add_special_tokens=True)
+    ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int64)
+    if not long:
+        return ids
+    counter = LongTexts(backend)
+    return np.concatenate([ids, *(counter.ids(t) for t in long)])
+
+
+# Counting memory is bounded by a piece of text, not by the longest line: the tokenizers library
+# holds about 200 bytes per character of a text it encodes (a 52 MB line took 10.5 GB).
+LONG_TEXT = 1 << 16  # characters: longer texts are tokenized in pieces of about this size
+MAX_PREFIX = 1 << 20  # characters read at most to reach max_length (no words: cut there)
+SAMPLE_CHARS = 4096  # characters of each text the backend/wrapper agreement check reads
+
+
+def _cuts(text: str, size: int) -> Iterator[int]:
+    """Where to cut `text` into pieces of about `size` characters: before a single space between
+    two non-space characters (a boundary every pre-tokenizer here keeps: WordPiece, byte-level
+    BPE, Metaspace); within a run of `size` characters holding no such space, at `size`."""
+    start = 0
+    while len(text) - start > size:
+        end = start + size
+        cut = text.rfind(" ", start + size // 2, end)
+        while cut > start and (text[cut - 1].isspace() or text[cut + 1 : cut + 2].isspace()):
+            cut = text.rfind(" ", start + size // 2, cut)
+        start = cut if cut > start else end
+        yield start
+
+
+class LongTexts:
+    """Ids of texts longer than LONG_TEXT characters, holding memory for one piece of them.
+
+    With truncation (the backend truncates to max_length), only what can reach the limit is
+    tokenized: a prefix (a suffix when truncating on the left) grown until the words it holds
+    whole give more tokens than the limit; the ids are then the same as the whole text's, since
+    tokenizers split text into words (pre-tokenization) and tokenize each word on its own.
+
+    Without truncation the text is tokenized in pieces cut at single spaces; the specials are
+    added once. The split is checked on this text's first two pieces against tokenizing them
+    together; where they differ (a pre-tokenizer that sees across spaces) the text is tokenized
+    whole. A run of LONG_TEXT characters without a space (no words: base64, a hex dump) is cut
+    inside it, so the few ids at such a cut may differ from tokenizing it whole (with
+    truncation: a prefix of MAX_PREFIX characters without a word boundary is taken as it is).
+    Sentence pairs and slow (Python) tokenizers are tokenized whole.
+    """
+
+    def __init__(self, backend: Any) -> None:
+        from tokenizers import Tokenizer
+
+        self.backend = backend
+        self.truncation = backend.truncation
+        self.free = Tokenizer.from_str(backend.to_str())
+        self.free.no_truncation()
+        self.free.no_padding()
+
+    def ids(self, text: str) -> np.ndarray:
+        if self.truncation:
+            return self._truncated(text)
+        return self._pieces(text)
+
+    def _truncated(self, text: str) -> np.ndarray:
+        limit = int(self.truncation["max_length"])
+        left = self.truncation.get("direction") == "left"
+        n = max(SAMPLE_CHARS, 16 * limit)
+        while n < len(text):
+            part = text[-n:] if left else text[:n]
+            words = self.free.encode(part, add_special_tokens=False).word_ids
+            known = [w for w in words if w is not None]
+            edge = min(known) if left else max(known, default=0)
+            whole = sum(1 for w in known if (w > edge if left else w < edge))
+            if whole > limit or n >= MAX_PREFIX:  # MAX_PREFIX: a "word" of a million characters
+                return _as_ids(self.backend.encode(part, add_special_tokens=True).ids)
+            n *= 4
+        return _as_ids(self.backend.encode(text, add_special_tokens=True).ids)
+
+    def _pieces(self, text: str) -> np.ndarray:
+        bounds = [0, *_cuts(text, LONG_TEXT), len(text)]
+        if len(bounds) > 3:
+            a, b, c = bounds[:3]
+            apart = self.free.encode(text[a:b], add_special_tokens=False).ids
+            apart += self.free.encode(text[b:c], add_special_tokens=False).ids
+            if apart != self.free.encode(text[a:c], add_special_tokens=False).ids:
+                return _as_ids(self.free.encode(text, add_special_tokens=True).ids)
+        first = self.free.encode(text[bounds[0] : bounds[1]], add_special_tokens=True).ids
+        parts = [_as_ids(first)]
+        for a, b in zip(bounds[1:-1], bounds[2:], strict=True):
+            parts.append(_as_ids(self.free.encode(text[a:b], add_special_tokens=False).ids))
+        return np.concatenate(parts)
+
+
+def _as_ids(ids: Sequence[int]) -> np.ndarray:
+    return np.asarray(ids, dtype=np.int64)
 
 
 def _pipelined_ids(

@@ -1,6 +1,6 @@
 """HF Trainer integration: exact weight decay and resumable checkpoints for a pruned model.
 
-    trainer = Trainer(model=pruned_model, ..., callbacks=[vp.VocabPruneCallback()])
+    trainer = Trainer(model=pruned_model, ..., callbacks=[vp.VocabPruneCallback(eval_set)])
     vp.check_resume(model, checkpoint)          # only when resuming: validate + load decay state
     trainer.train(resume_from_checkpoint=checkpoint)
     vp.restore(model)                           # dropped rows get the tracked decay factor
@@ -11,18 +11,25 @@ digest, its size, the pruned tensors and the decay state. Model weights in a che
 vocabulary (state.py) and the Trainer's resume loads them through `load_state_dict`, which slices
 them to the kept rows; the optimizer state in a checkpoint is kept-rows sized, so a checkpoint is
 only resumable with the same kept vocabulary: `check_resume` refuses any other.
+
+Given the evaluation data and evaluators the run will use (`VocabPruneCallback(eval_set,
+evaluator)`), the callback checks when training starts that the kept vocabulary covers them, so a
+run never trains for minutes and then stops at its first evaluation on an id it dropped.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from transformers import TrainerCallback
 
-from vocabprune.core.errors import MismatchError
+from vocabprune.core.errors import MismatchError, UnknownTokenError
+from vocabprune.core.files import atomic_file
 from vocabprune.core.model import model_name
 from vocabprune.core.state import get_state
 from vocabprune.train.decay import EXTRA_KEY, DecayTracker, get_tracker, track_weight_decay
@@ -59,8 +66,10 @@ def checkpoint_record(model: Any) -> dict[str, Any]:
 
 
 def write_checkpoint_record(model: Any, folder: str | os.PathLike[str]) -> Path:
+    """Write `vocabprune.json` atomically: written last, it marks the checkpoint complete."""
     path = Path(folder) / CHECKPOINT_FILE
-    path.write_text(json.dumps(checkpoint_record(model), indent=2))
+    with atomic_file(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(checkpoint_record(model), indent=2))
     return path
 
 
@@ -78,8 +87,9 @@ def check_resume(model: Any, checkpoint: str | os.PathLike[str]) -> dict[str, An
         if state is None:
             return {"pruned": False}
         raise MismatchError(
-            f"checkpoint {folder} has no {CHECKPOINT_FILE}: it was not written by a pruned "
-            "vocabprune run, and its optimizer state does not fit the pruned model"
+            f"checkpoint {folder} has no {CHECKPOINT_FILE}: it is incomplete (its run stopped "
+            "while writing it) or was not written by a pruned vocabprune run; resume from "
+            "another (--resume auto takes the last complete one)"
         )
     try:
         record = json.loads(path.read_text())
@@ -122,11 +132,103 @@ def check_resume(model: Any, checkpoint: str | os.PathLike[str]) -> dict[str, An
     return record
 
 
+def _strings(value: Any) -> list[str]:
+    """The texts in an evaluator attribute: a list of strings (or of lists of them), or a dict of
+    id -> text (an IR corpus, queries)."""
+    if isinstance(value, str):
+        return []
+    if isinstance(value, Mapping):
+        values = list(value.values())
+        return [v for v in values if isinstance(v, str)]
+    if isinstance(value, (list, tuple)):
+        out: list[str] = []
+        for item in value:
+            if isinstance(item, str):
+                out.append(item)
+            elif isinstance(item, (list, tuple)):
+                out += [t for t in item if isinstance(t, str)]
+        return out
+    return []
+
+
+def evaluator_texts(evaluator: Any) -> list[str]:
+    """Every text a sentence-transformers evaluator will encode (its attributes holding texts:
+    sentences, queries, corpus, anchors, ...; a SequentialEvaluator's evaluators)."""
+    texts: list[str] = []
+    for name, value in vars(evaluator).items():
+        if name == "evaluators":
+            for inner in value:
+                texts += evaluator_texts(inner)
+        elif not name.startswith("_"):
+            texts += _strings(value)
+    return texts
+
+
+def _is_evaluator(source: Any) -> bool:
+    return callable(source) and hasattr(source, "__dict__") and not hasattr(source, "__len__")
+
+
+def _ids_of(source: Any, tokenizer: Any) -> Iterable[Any]:
+    """Token ids of an evaluation source: tokenized rows (input_ids), texts, or an evaluator."""
+    if _is_evaluator(source):
+        texts = evaluator_texts(source)
+    elif hasattr(source, "column_names") and "input_ids" in (source.column_names or []):
+        return source["input_ids"]
+    else:
+        rows = list(source)
+        if rows and isinstance(rows[0], Mapping) and "input_ids" in rows[0]:
+            return [r["input_ids"] for r in rows]
+        texts = [t for r in rows for t in ([r] if isinstance(r, str) else _strings(r))]
+        if rows and isinstance(rows[0], Mapping):
+            texts = [v for r in rows for v in r.values() if isinstance(v, str)]
+    if not texts:
+        return []
+    if tokenizer is None:
+        raise UnknownTokenError("checking evaluation texts needs the tokenizer (processing_class)")
+    return tokenizer(texts)["input_ids"]
+
+
+def check_covered(model: Any, *sources: Any, tokenizer: Any = None) -> None:
+    """Refuse evaluation data or evaluators using ids the pruned model dropped, naming the first
+    token: scan them with the training data (vp.build_kept_vocab(tokenizer, train, eval))."""
+    from vocabprune.data.scan import count_token_ids
+
+    state = get_state(model)
+    if state is None:
+        return
+    kept = state.kept
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a SentenceTransformer's own
+    for source in sources:
+        rows = _ids_of(source, tokenizer)
+        counts = count_token_ids(list(rows), kept.vocab_size, source="evaluation data")
+        missing = np.flatnonzero((counts > 0) & (kept.old_to_new < 0))
+        if missing.size:
+            first = int(missing[0])
+            token = tokenizer.convert_ids_to_tokens(first) if tokenizer is not None else None
+            what = type(source).__name__
+            raise UnknownTokenError(
+                f"the {what} this run evaluates on uses {token!r} (id {first}) and "
+                f"{missing.size - 1} more ids the kept vocabulary dropped; scan it with the "
+                "training data (vp.build_kept_vocab(tokenizer, train, eval, ...))"
+            )
+
+
 class VocabPruneCallback(TrainerCallback):
     """Trainer callback: exact weight decay for the dropped rows, and `vocabprune.json` in every
-    checkpoint (see `check_resume`). Harmless on an unpruned model (it records that)."""
+    checkpoint (see `check_resume`). Harmless on an unpruned model (it records that).
+
+    `check`: the evaluation data sets (tokenized rows or texts) and sentence-transformers
+    evaluators the run will use; when training starts, the kept vocabulary must cover them."""
+
+    def __init__(self, *check: Any) -> None:
+        self.check = check
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any):
+        if self.check and model is not None:
+            tokenizer = kw.get("processing_class") or kw.get("tokenizer")
+            check_covered(
+                model, *self.check, tokenizer=tokenizer or getattr(model, "tokenizer", None)
+            )
         tracker = _ensure_tracker(model)
         if tracker is not None:
             optimizer = kw.get("optimizer")
