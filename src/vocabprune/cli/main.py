@@ -82,6 +82,7 @@ def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
     names = ("out", "eval_data", "label_column", "max_steps", "epochs", "batch_size", "lr")
     names += ("weight_decay", "seed", "eval_fraction", "prune", "overwrite", "limit", "kept")
     names += ("save_steps", "checkpoint_dir", "resume", "task", "chunked_loss")
+    names += ("source_lang", "target_lang")
     opts = FinetuneOptions(**_data(args), **{n: getattr(args, n) for n in names})
     # Trainer prints its logs on stdout: keep stdout for the one JSON object.
     with contextlib.redirect_stdout(sys.stderr):

@@ -136,6 +136,8 @@ class FinetuneOptions(DataOptions):
     task: str = "classification"  # or masked-lm, causal-lm, seq2seq, sentence-embedding
     kept: str | None = None  # a saved kept vocabulary (or counts) instead of scanning
     chunked_loss: bool = False  # causal-lm: the loss in chunks (train.chunked)
+    source_lang: str | None = None  # seq2seq: the tokenizer's source language code (NLLB, ...)
+    target_lang: str | None = None  # seq2seq: its target language code
     extra_training_args: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -163,6 +165,8 @@ class FinetuneOptions(DataOptions):
                 raise OptionError("--eval-data needs a path")
         if self.chunked_loss and (self.task != "causal-lm" or not self.prune):
             raise OptionError("--chunked-loss is for --task causal-lm, pruned")
+        if (self.source_lang or self.target_lang) and self.task != "seq2seq":
+            raise OptionError("--source-lang / --target-lang are for --task seq2seq")
 
 
 @dataclass(kw_only=True)
