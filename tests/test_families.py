@@ -565,3 +565,38 @@ def test_cli_causal_lm_on_a_vision_language_models_text(llava_folder, nllb_folde
     # An encoder-decoder has no causal-LM head: refused before anything runs, naming the task.
     code, _, err = _cli(*argv, "--model", str(nllb_folder / "model"), "--out", str(tmp_path / "x"))
     assert code == 2 and "--task seq2seq" in err
+
+
+def test_a_sub_config_of_another_vocabulary_is_left_alone():
+    """bert2gpt2-style: the decoder's config describes another vocabulary (its eos is no id of
+    the encoder's): its ids are neither forced into the kept vocabulary nor renumbered."""
+    from transformers import BertConfig, EncoderDecoderConfig, EncoderDecoderModel, GPT2Config
+
+    enc = BertConfig(
+        vocab_size=FV,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
+    dec = GPT2Config(
+        vocab_size=FV + 200,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        n_positions=64,
+        bos_token_id=FV + 199,
+        eos_token_id=FV + 199,
+    )
+    cfg = EncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
+    torch.manual_seed(0)
+    model = EncoderDecoderModel(config=cfg).eval()
+    counts = np.zeros(FV, dtype=np.int64)
+    counts[text_pool(ZOO[0], 0)] = 1
+    kept = KeptVocab.from_counts(counts, model=model)  # the decoder's eos is no encoder id
+    assert kept.forced_ids == (0,)  # the encoder's pad
+    vp.prune(model, kept, output="keep")
+    assert model.config.decoder.vocab_size == FV + 200
+    assert model.get_input_embeddings().weight.shape[0] == kept.size
+    vp.restore(model)

@@ -25,16 +25,21 @@ def _is_config(value: Any) -> bool:
     return hasattr(value, "to_dict") and hasattr(value, "to_json_string")
 
 
-def config_tree(model: Any) -> Iterator[Any]:
+def config_tree(model: Any, rows: int | None = None) -> Iterator[Any]:
     """The model's config, every sub-config reachable from it (each once), and its generation
-    config."""
+    config. With `rows` (the input embedding's), a sub-config whose own vocab_size differs
+    describes another vocabulary (bert2gpt2's decoder) and is left out, with what is below it."""
+    root = getattr(model, "config", None)
     seen: set[int] = set()
-    stack = [getattr(model, "config", None)]
+    stack = [root]
     while stack:
         cfg = stack.pop()
         if not _is_config(cfg) or id(cfg) in seen:
             continue
         seen.add(id(cfg))
+        size = getattr(cfg, "vocab_size", None)
+        if cfg is not root and rows is not None and is_int(size) and size != rows:
+            continue
         yield cfg
         for value in list(vars(cfg).values())[::-1]:
             if _is_config(value):
@@ -67,10 +72,11 @@ def token_id_attrs(cfg: Any) -> list[str]:
     return found
 
 
-def config_token_ids(model: Any) -> list[int]:
-    """Every token id the model's configs name (non-negative, each once)."""
+def config_token_ids(model: Any, rows: int | None = None) -> list[int]:
+    """Every token id the model's configs name (non-negative, each once); `rows` as in
+    config_tree."""
     ids: set[int] = set()
-    for cfg in config_tree(model):
+    for cfg in config_tree(model, rows):
         for attr in token_id_attrs(cfg):
             value = getattr(cfg, attr)
             ids.update(v for v in (value if isinstance(value, (list, tuple)) else [value]))

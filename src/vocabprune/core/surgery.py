@@ -205,7 +205,7 @@ def config_id_changes(model: nn.Module, kept: KeptVocab) -> list[AttrChange]:
 
 def _config_id_changes(model: nn.Module, kept: KeptVocab) -> list[AttrChange]:
     changes = []
-    for cfg in config_tree(model):  # sub-configs too: text_config, decoder, ...
+    for cfg in config_tree(model, kept.vocab_size):  # sub-configs too: text_config, decoder
         label = type(cfg).__name__
         updates = config_id_updates(
             cfg, lambda attr, label=label: required_new_id(kept, f"{label}.{attr}", CONFIG_ID_HINT)

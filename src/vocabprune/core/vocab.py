@@ -101,7 +101,10 @@ def special_ids(tokenizer: Any = None, model: Any = None) -> list[int]:
         added = getattr(tokenizer, "added_tokens_decoder", None) or {}
         ids.update(int(i) for i, tok in added.items() if getattr(tok, "special", False))
     if model is not None:  # every config of a composite model, every modality's ids
-        ids.update(config_token_ids(prune_target(model)))
+        target = prune_target(model)
+        rows = full_embedding_shape(target)[0] if hasattr(target, "get_input_embeddings") else None
+        # An id beyond the input rows belongs to another vocabulary (a decoder's, bert2gpt2).
+        ids.update(i for i in config_token_ids(target, rows) if rows is None or i < rows)
     return sorted(i for i in ids if i >= 0)
 
 
