@@ -206,7 +206,8 @@ def config_id_changes(model: nn.Module, kept: KeptVocab) -> list[AttrChange]:
 def _config_id_changes(model: nn.Module, kept: KeptVocab) -> list[AttrChange]:
     changes = []
     for cfg in config_tree(model, kept.vocab_size):  # sub-configs too: text_config, decoder
-        label = type(cfg).__name__
+        names = {id(getattr(model, n, None)): n for n in ("config", "generation_config")}
+        label = names.get(id(cfg), f"config's {type(cfg).__name__}")
         updates = config_id_updates(
             cfg, lambda attr, label=label: required_new_id(kept, f"{label}.{attr}", CONFIG_ID_HINT)
         )
