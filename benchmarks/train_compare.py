@@ -26,8 +26,11 @@ Cases: folders (packaged fixtures) e5 and MiniLM sequence classification (5 BBC 
 and SmolLM2 causal LM (the articles packed into rows of the case's length); large-vocabulary
 causal LMs built from configs (Gemma-3-270m and Qwen3-0.6B shapes, as gpu_memory.py), fed BBC
 News ids from the e5 tokenizer (benchmarks/data/bbc_e5_ids.npz; an id >= the vocabulary enters
-as id % vocab_size, Qwen3). The kept vocabulary: every id BBC News uses at the case's length
-(classification), in the whole corpus (causal LMs), plus the specials.
+as id % vocab_size, Qwen3); encoder-decoders built from configs (the NLLB-200 distilled 600M
+translation shape, 256,206 ids, sources and targets from the same ids; the Whisper small shape,
+random 30 s log-mel features to BBC News ids). The kept vocabulary: every id BBC News uses at
+the case's length (classification), in the whole corpus (causal LMs, encoder-decoders), plus the
+specials (encoder-decoders: every token id the config names).
 
 Per run: median step time after the warm-up, peak RSS (VmHWM), bytes of weights + gradients +
 optimizer states after the first step, load time, the load average at start and end (and
