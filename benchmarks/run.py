@@ -68,6 +68,8 @@ MODEL_NAMES = {
     "smollm2": "SmolLM2-135M",
     "gemma3-270m": "Gemma-3-270m shape",
     "qwen3-0.6b": "Qwen3-0.6B shape",
+    "nllb-600m": "NLLB-200 distilled 600M shape",
+    "whisper-small": "Whisper small shape",
 }
 TABLE_END = "<!-- results:end -->"
 

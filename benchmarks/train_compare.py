@@ -26,8 +26,11 @@ Cases: folders (packaged fixtures) e5 and MiniLM sequence classification (5 BBC 
 and SmolLM2 causal LM (the articles packed into rows of the case's length); large-vocabulary
 causal LMs built from configs (Gemma-3-270m and Qwen3-0.6B shapes, as gpu_memory.py), fed BBC
 News ids from the e5 tokenizer (benchmarks/data/bbc_e5_ids.npz; an id >= the vocabulary enters
-as id % vocab_size, Qwen3). The kept vocabulary: every id BBC News uses at the case's length
-(classification), in the whole corpus (causal LMs), plus the specials.
+as id % vocab_size, Qwen3); encoder-decoders built from configs (the NLLB-200 distilled 600M
+translation shape, 256,206 ids, sources and targets from the same ids; the Whisper small shape,
+random 30 s log-mel features to BBC News ids). The kept vocabulary: every id BBC News uses at
+the case's length (classification), in the whole corpus (causal LMs, encoder-decoders), plus the
+specials (encoder-decoders: every token id the config names).
 
 Per run: median step time after the warm-up, peak RSS (VmHWM), bytes of weights + gradients +
 optimizer states after the first step, load time, the load average at start and end (and
@@ -75,8 +78,8 @@ METRICS = {
 class Case:
     """A model (a fixture folder or a benchlib shape), an objective and a batch shape."""
 
-    model: str  # "e5", "minilm", "smollm2" (folders) or a benchlib.SHAPES name
-    task: str  # "classify" or "causal"
+    model: str  # "e5", "minilm", "smollm2" (folders), a benchlib.SHAPES or ENCODER_DECODERS name
+    task: str  # "classify", "causal", "seq2seq" (ids -> ids) or "speech" (audio -> ids)
     max_length: int
     batch_size: int
     methods: tuple[str, ...] = METHODS
@@ -99,9 +102,70 @@ CASES: dict[str, Case] = {
     "smollm2_1024": Case("smollm2", "causal", 1024, 1, CHUNK),
     "smollm2_4x1024": Case("smollm2", "causal", 1024, 4, CHUNK),
     "gemma3_4x1024": Case("gemma3-270m", "causal", 1024, 4, CHUNK),
+    # Encoder-decoders users fine-tune on small budgets (issue 19): a 256k-id translation model
+    # and Whisper small (30 s of audio -> the case's length of target ids).
+    "nllb600m_128": Case("nllb-600m", "seq2seq", 128, 2, ("full", "pruned", "oracle")),
+    "whisper_small_128": Case("whisper-small", "speech", 128, 2, ("full", "pruned", "oracle")),
     # Smoke runs only.
     "tiny_gemma3": Case("gemma3-tiny", "causal", 32, 2, (*METHODS, *VARIANTS)),
     "tiny_qwen3": Case("qwen3-tiny", "causal", 32, 2),
+    "tiny_nllb": Case("nllb-tiny", "seq2seq", 32, 2, ("full", "pruned", "oracle")),
+    "tiny_whisper": Case("whisper-tiny-shape", "speech", 32, 2, ("full", "pruned", "oracle")),
+}
+_NLLB_600M = {  # facebook/nllb-200-distilled-600M: shared embedding tied to the head
+    "vocab_size": 256_206,
+    "d_model": 1024,
+    "encoder_layers": 12,
+    "decoder_layers": 12,
+    "encoder_attention_heads": 16,
+    "decoder_attention_heads": 16,
+    "encoder_ffn_dim": 4096,
+    "decoder_ffn_dim": 4096,
+    "max_position_embeddings": 1024,
+    "scale_embedding": True,
+    "pad_token_id": 1,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+    "decoder_start_token_id": 2,
+}
+_WHISPER_SMALL = {  # openai/whisper-small: decoder embedding tied to proj_out
+    "vocab_size": 51_865,
+    "d_model": 768,
+    "encoder_layers": 12,
+    "decoder_layers": 12,
+    "encoder_attention_heads": 12,
+    "decoder_attention_heads": 12,
+    "encoder_ffn_dim": 3072,
+    "decoder_ffn_dim": 3072,
+    "num_mel_bins": 80,
+    "max_source_positions": 1500,
+    "max_target_positions": 448,
+    "pad_token_id": 50_257,
+    "bos_token_id": 50_257,
+    "eos_token_id": 50_257,
+    "decoder_start_token_id": 50_258,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+}
+_SMALL = {"d_model": 32, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "encoder_layers": 2}
+_SMALL |= {"decoder_layers": 2, "encoder_attention_heads": 2, "decoder_attention_heads": 2}
+# name -> (model class, config class, config): built from the config, random weights.
+ENCODER_DECODERS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "nllb-600m": ("M2M100ForConditionalGeneration", "M2M100Config", _NLLB_600M),
+    "whisper-small": ("WhisperForConditionalGeneration", "WhisperConfig", _WHISPER_SMALL),
+    "nllb-tiny": ("M2M100ForConditionalGeneration", "M2M100Config", _NLLB_600M | _SMALL),
+    "whisper-tiny-shape": (
+        "WhisperForConditionalGeneration",
+        "WhisperConfig",
+        _WHISPER_SMALL | _SMALL | {"num_mel_bins": 8, "max_source_positions": 64},
+    ),
+}
+# The batch keys that hold token ids, per task (the oracle's batches are remapped to kept ids).
+ID_KEYS = {
+    "classify": ("input_ids",),
+    "causal": ("input_ids", "labels"),
+    "seq2seq": ("input_ids", "labels"),
+    "speech": ("labels",),
 }
 REAL_CASES = tuple(c for c in CASES if not c.startswith("tiny_"))
 FOLDERS = {"e5": "e5_path", "minilm": "minilm_path", "smollm2": "smollm2_path"}
@@ -126,11 +190,13 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     count = spec["warmup"] + spec["steps"]
     if case.model in FOLDERS:
         batches, kept, load = _folder_case(case, spec["path"], count)
+    elif case.model in ENCODER_DECODERS:
+        batches, kept, load = _encoder_decoder_case(case, count)
     else:
         batches, kept, load = _shape_case(case, count)
     if method in ("oracle", "naive", "pruned_kept_ids"):  # these models read kept ids
         for b in batches:
-            for key in ("input_ids", "labels") if case.task == "causal" else ("input_ids",):
+            for key in ID_KEYS[case.task]:
                 b[key] = bl.lookup(kept, b[key])
     device = torch.device(spec["device"])
     cuda = device.type == "cuda"
@@ -293,6 +359,64 @@ def _shape_case(case: Case, count: int) -> tuple[list[dict], Any, Any]:
         if method == "frozen":
             vp.prune(model, kept, output="frozen")
         elif method.startswith("pruned"):
+            vp.prune(model, kept, ids="kept" if method == "pruned_kept_ids" else "original")
+        return model
+
+    return batches, kept, load
+
+
+def _encoder_decoder_case(case: Case, count: int) -> tuple[list[dict], Any, Any]:
+    """An encoder-decoder built from its config. seq2seq: packed BBC News e5 ids (id %
+    vocab_size) as sources, the rows after them as targets; speech: random log-mel features
+    (30 s at whisper's frame rate) and BBC News ids as targets. The kept vocabulary: every id
+    the data uses plus every token id the config names (vocabprune's rule, core/configs.py)."""
+    import copy
+
+    import torch
+    import transformers
+
+    import vocabprune as vp
+    from vocabprune.core.configs import config_token_ids, token_id_attrs
+
+    model_class, config_class, values = ENCODER_DECODERS[case.model]
+    config = getattr(transformers, config_class)(
+        **values, use_cache=False, attn_implementation="sdpa"
+    )
+    vocab = config.vocab_size
+    flat, _, _ = bl.load_ids()
+    data = bl.corpus_ids(flat, vocab, pad_id=config.pad_token_id)
+    model_of = type("Configured", (), {"config": config})  # what config_token_ids reads
+    kept = vp.KeptVocab.from_counts(
+        vp.count_token_ids([data], vocab), vocab_size=vocab, extra_ids=config_token_ids(model_of)
+    )
+    rows = torch.as_tensor(bl.packed_rows(data, 2 * case.batch_size * count, case.max_length))
+    generator = torch.Generator().manual_seed(0)
+    batches = []
+    for i in range(count):
+        src, tgt = rows[2 * i * case.batch_size :].split(case.batch_size)[:2]
+        if case.task == "speech":
+            frames = 2 * config.max_source_positions
+            features = torch.randn(
+                case.batch_size, config.num_mel_bins, frames, generator=generator
+            )
+            batches.append({"input_features": features, "labels": tgt.clone()})
+        else:
+            batches.append({"input_ids": src.clone(), "labels": tgt.clone()})
+
+    def oracle_config() -> Any:
+        small = copy.deepcopy(config)
+        small.vocab_size = kept.size
+        for attr in token_id_attrs(small):
+            value = getattr(small, attr)
+            if isinstance(value, int) and value >= 0:
+                setattr(small, attr, kept.new_id(value))
+        return small
+
+    def load(method: str) -> Any:
+        if method == "oracle":
+            return bl.build_model(oracle_config(), model_class)
+        model = bl.build_model(config, model_class)
+        if method.startswith("pruned"):
             vp.prune(model, kept, ids="kept" if method == "pruned_kept_ids" else "original")
         return model
 

@@ -251,3 +251,280 @@ def build(family: str, head: str = "cls", *, seed: int = 0) -> Tiny:
     model = auto.from_config(config)
     model.eval()
     return Tiny(family=family, head=head, model=model, spec=SPECS[family])
+
+
+# -- the families users fine-tune (tests/test_families.py) ----------------------------------------
+#
+# One entry per family: a builder from a tiny config and the kind of batch it reads. Adding a
+# family is adding one entry. Token ids sit where real tokenizers put them: specials away from 0
+# (so a kept vocabulary renumbers them) and modality ids (image, video, ...) at the top.
+
+FV = 512  # vocabulary size of the family zoo
+FH = 32  # hidden size
+
+
+def _text(**kw: Any) -> dict[str, Any]:
+    """A one-layer decoder text config (Llama-style keys every decoder family reads)."""
+    base = {
+        "hidden_size": FH,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "max_position_embeddings": 128,
+        "vocab_size": FV,
+        "pad_token_id": 0,
+        "bos_token_id": 2,
+        "eos_token_id": 1,
+    }
+    return {**base, **kw}
+
+
+def _vision(**kw: Any) -> dict[str, Any]:
+    base = {
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "image_size": 28,
+        "patch_size": 14,
+    }
+    return {**base, **kw}
+
+
+def _encoder_decoder(**kw: Any) -> dict[str, Any]:
+    base = {
+        "vocab_size": FV,
+        "d_model": FH,
+        "encoder_layers": 1,
+        "decoder_layers": 1,
+        "encoder_attention_heads": 4,
+        "decoder_attention_heads": 4,
+        "encoder_ffn_dim": 64,
+        "decoder_ffn_dim": 64,
+        "max_position_embeddings": 64,
+    }
+    return {**base, **kw}
+
+
+def _gemma3_vlm() -> Any:
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    cfg = Gemma3Config(
+        text_config=_text(num_key_value_heads=1, sliding_window=16),
+        vision_config=_vision(),
+        mm_tokens_per_image=4,
+        image_token_index=FV - 4,
+        boi_token_index=FV - 3,
+        eoi_token_index=FV - 2,
+    )
+    return Gemma3ForConditionalGeneration(cfg)
+
+
+def _paligemma() -> Any:
+    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration
+
+    text = _text(model_type="gemma", num_key_value_heads=1)
+    cfg = PaliGemmaConfig(
+        text_config=text,
+        vision_config=_vision(projection_dim=FH),
+        image_token_index=FV - 4,
+        projection_dim=FH,
+        hidden_size=FH,
+    )
+    return PaliGemmaForConditionalGeneration(cfg)
+
+
+def _qwen2_vl() -> Any:
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    text = _text(rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]}, head_dim=None)
+    text.pop("head_dim")
+    cfg = Qwen2VLConfig(
+        text_config=text,
+        vision_config={"depth": 1, "embed_dim": 16, "hidden_size": FH, "num_heads": 2},
+        image_token_id=FV - 5,
+        video_token_id=FV - 4,
+        vision_start_token_id=FV - 3,
+        vision_end_token_id=FV - 2,
+        tie_word_embeddings=False,
+    )
+    return Qwen2VLForConditionalGeneration(cfg)
+
+
+def _llava() -> Any:
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    cfg = LlavaConfig(
+        text_config=_text(model_type="llama"),
+        vision_config=_vision(model_type="clip_vision_model"),
+        image_token_index=FV - 4,
+    )
+    return LlavaForConditionalGeneration(cfg)
+
+
+def _whisper() -> Any:
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    # Whisper: <|endoftext|> (eos, pad) and <|startoftranscript|> at the top, as in the real one.
+    cfg = WhisperConfig(
+        **{k: v for k, v in _encoder_decoder().items() if k != "max_position_embeddings"},
+        num_mel_bins=8,
+        max_source_positions=8,
+        max_target_positions=32,
+        pad_token_id=FV - 3,
+        bos_token_id=FV - 3,
+        eos_token_id=FV - 3,
+        decoder_start_token_id=FV - 2,
+        begin_suppress_tokens=None,
+        suppress_tokens=None,
+    )
+    return WhisperForConditionalGeneration(cfg)
+
+
+def _marian(share: bool) -> Any:
+    from transformers import MarianConfig, MarianMTModel
+
+    # Marian: </s>=0, <unk>=1, <pad>=last (also the decoder start), as opus-mt models number them.
+    cfg = MarianConfig(
+        **_encoder_decoder(),
+        pad_token_id=FV - 1,
+        eos_token_id=0,
+        decoder_start_token_id=FV - 1,
+        share_encoder_decoder_embeddings=share,
+    )
+    return MarianMTModel(cfg)
+
+
+def _m2m100() -> Any:
+    from transformers import M2M100Config, M2M100ForConditionalGeneration
+
+    # NLLB/M2M-style: <s>=0 <pad>=1 </s>=2 <unk>=3, language codes at the top (forced bos).
+    cfg = M2M100Config(
+        **_encoder_decoder(),
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        decoder_start_token_id=2,
+        scale_embedding=True,
+    )
+    return M2M100ForConditionalGeneration(cfg)
+
+
+def _mixtral() -> Any:
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    return MixtralForCausalLM(MixtralConfig(**_text(num_local_experts=4, num_experts_per_tok=2)))
+
+
+def _cohere() -> Any:
+    from transformers import CohereConfig, CohereForCausalLM
+
+    return CohereForCausalLM(
+        CohereConfig(**_text(logit_scale=0.25, bos_token_id=5, eos_token_id=6))
+    )
+
+
+def _granite() -> Any:
+    from transformers import GraniteConfig, GraniteForCausalLM
+
+    cfg = GraniteConfig(**_text(logits_scaling=4.0, embedding_multiplier=2.0))
+    return GraniteForCausalLM(cfg)
+
+
+def _mamba() -> Any:
+    from transformers import MambaConfig, MambaForCausalLM
+
+    cfg = MambaConfig(
+        vocab_size=FV,
+        hidden_size=FH,
+        state_size=4,
+        num_hidden_layers=1,
+        expand=2,
+        conv_kernel=2,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=1,
+        use_mambapy=True,
+    )
+    return MambaForCausalLM(cfg)
+
+
+def _bert_task(head: str) -> Any:
+    from transformers import BertForQuestionAnswering, BertForTokenClassification
+
+    cfg = BertConfig(
+        vocab_size=FV,
+        hidden_size=FH,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=NUM_LABELS if head == "tokens" else 2,  # spans: start and end logits
+    )
+    cls = BertForTokenClassification if head == "tokens" else BertForQuestionAnswering
+    return cls(cfg)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A family users fine-tune. kind: the batch it reads and its objective —
+    "causal" (next token), "seq2seq" (source ids -> target labels), "speech" (audio features ->
+    target labels), "tokens" (a label per token), "spans" (start/end positions)."""
+
+    name: str
+    make: Any  # () -> model
+    kind: str
+    specials: tuple[int, ...]  # ids a tokenizer of the family keeps (config ids come from model=)
+    group: str
+    config_ids: tuple[int, ...] = ()  # ids only the config names (image, decoder start, ...)
+
+    @property
+    def generative(self) -> bool:
+        return self.kind in ("causal", "seq2seq", "speech")
+
+    def build(self, seed: int = 0) -> Any:
+        torch.manual_seed(seed)
+        model = self.make()
+        model.eval()
+        return model
+
+
+ZOO = (
+    Family(
+        "gemma3-vlm",
+        _gemma3_vlm,
+        "causal",
+        (0, 1, 2),
+        "vision-language (tied)",
+        (FV - 4, FV - 3, FV - 2),
+    ),
+    Family("paligemma", _paligemma, "causal", (0, 1, 2), "vision-language (tied)", (FV - 4,)),
+    Family(
+        "qwen2-vl",
+        _qwen2_vl,
+        "causal",
+        (0, 1, 2),
+        "vision-language (untied)",
+        tuple(range(FV - 5, FV - 1)),
+    ),
+    Family("llava", _llava, "causal", (0, 1, 2), "vision-language (untied)", (FV - 4,)),
+    Family("whisper", _whisper, "speech", (), "speech", (FV - 3, FV - 2)),
+    Family("marian", lambda: _marian(True), "seq2seq", (0, 1), "translation (shared)"),
+    Family("marian-separate", lambda: _marian(False), "seq2seq", (0, 1), "translation (separate)"),
+    Family("m2m100", _m2m100, "seq2seq", (0, 1, 2, 3, FV - 3, FV - 2), "translation (shared)"),
+    Family("mixtral", _mixtral, "causal", (0, 1, 2), "MoE"),
+    Family("cohere", _cohere, "causal", (0, 5, 6), "logit scaling"),
+    Family("granite", _granite, "causal", (0, 1, 2), "logit scaling"),
+    Family("mamba", _mamba, "causal", (0, 1, 2), "state-space"),
+    Family("bert-tokens", lambda: _bert_task("tokens"), "tokens", (0, 100, 101, 102), "encoder"),
+    Family("bert-spans", lambda: _bert_task("spans"), "spans", (0, 100, 101, 102), "encoder"),
+)
+
+
+def family(name: str) -> Family:
+    for entry in ZOO:
+        if entry.name == name:
+            return entry
+    raise KeyError(f"unknown family {name!r}; choose one of {', '.join(f.name for f in ZOO)}")

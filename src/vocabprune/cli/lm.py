@@ -7,7 +7,11 @@ inputs from the original labels), restore, and write an ordinary full model. The
 measured after restore, with the full model and the full softmax, in original ids: that is the
 model you get. Checkpoints (--save-steps) and --resume work as for classification.
 
-seq2seq reads (source, target) pairs: --text-column source,target.
+seq2seq reads (source, target) pairs: --text-column source,target. A translation tokenizer that
+writes language codes (NLLB, M2M100, mBART-50) needs them: --source-lang, --target-lang.
+
+causal-lm also takes a vision-language model (PaliGemma, LLaVA, Qwen2-VL, Gemma 3) on text-only
+data: its language model trains, no pixels needed.
 
 --lm-head frozen (the default) trains with the full softmax: the head's dropped rows are frozen
 (no gradient, no optimizer state) and score the dropped ids, so every gradient is full
@@ -29,7 +33,7 @@ import vocabprune.cli.steps as steps
 from vocabprune.cli.defaults import default_data, default_model
 from vocabprune.cli.options import FinetuneOptions
 from vocabprune.core.errors import ScanError, VocabPruneError
-from vocabprune.core.loaders import load_model, load_tokenizer
+from vocabprune.core.loaders import load_config, load_model, load_tokenizer
 from vocabprune.data.sources import read_examples
 from vocabprune.data.tasks import task_examples
 from vocabprune.train.chunked import chunked_loss
@@ -167,6 +171,48 @@ def _heldout(
     return metrics
 
 
+def set_languages(opts: FinetuneOptions, tokenizer: Any) -> None:
+    """A translation tokenizer that writes language codes around the text (NLLB, M2M100,
+    mBART-50) gets the run's codes; without them it would silently write its defaults (a target
+    labelled with the source language)."""
+    if opts.task != "seq2seq":
+        return
+    name = type(tokenizer).__name__
+    if not (hasattr(tokenizer, "src_lang") and hasattr(tokenizer, "tgt_lang")):
+        if opts.source_lang or opts.target_lang:
+            raise VocabPruneError(f"--source-lang/--target-lang: {name} writes no language codes")
+        return
+    if not (opts.source_lang and opts.target_lang):
+        raise VocabPruneError(
+            f"{name} writes language codes: --task seq2seq needs --source-lang and "
+            "--target-lang (codes of its vocabulary, e.g. eng_Latn and fra_Latn)"
+        )
+    vocab = tokenizer.get_vocab()
+    for flag, code in (("--source-lang", opts.source_lang), ("--target-lang", opts.target_lang)):
+        if code not in vocab:
+            raise VocabPruneError(f"{flag} {code!r} is not a language code of {name}")
+    tokenizer.src_lang, tokenizer.tgt_lang = opts.source_lang, opts.target_lang
+
+
+def _causal_lm_class(model_path: str) -> Any:
+    """AutoModelForCausalLM, or for a vision-language model without a causal-LM class
+    (PaliGemma, LLaVA, Qwen2-VL) its image-text-to-text class: text-only data trains its
+    language model. Anything else is refused here, naming what is missing."""
+    import transformers
+    from transformers.models.auto import modeling_auto
+
+    model_type = getattr(load_config(model_path), "model_type", None)
+    if model_type in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return transformers.AutoModelForCausalLM
+    if model_type in modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return transformers.AutoModelForImageTextToText
+    raise VocabPruneError(
+        f"{model_path}: a {model_type!r} model has no causal language-model head for --task "
+        "causal-lm (a decoder or vision-language model is needed; encoder-decoders: --task "
+        "seq2seq)"
+    )
+
+
 def _load_model(opts: FinetuneOptions, model_path: str, warn: steps.Say) -> Any:
     """The LM, and a warning when the checkpoint has no trained head for the task (its missing
     weights start random: a masked-LM run on an encoder-only checkpoint starts near perplexity
@@ -176,10 +222,9 @@ def _load_model(opts: FinetuneOptions, model_path: str, warn: steps.Say) -> Any:
 
     set_seed(opts.seed)
     auto = {
-        "causal-lm": transformers.AutoModelForCausalLM,
         "masked-lm": transformers.AutoModelForMaskedLM,
         "seq2seq": transformers.AutoModelForSeq2SeqLM,
-    }[opts.task]
+    }.get(opts.task) or _causal_lm_class(model_path)
     model, info = load_model(auto, model_path, output_loading_info=True)
     missing = sorted(info.get("missing_keys") or [])
     if missing:
@@ -218,6 +263,7 @@ def run_lm_finetune(
     out = steps.check_options(opts)
     model_path = opts.model or default_model(opts.task)
     tokenizer = load_tokenizer(model_path)
+    set_languages(opts, tokenizer)
     model = _load_model(opts, model_path, warn or steps.warn)
     data = _tokenize(opts, tokenizer, steps.max_length(opts, tokenizer, model))
     order, eval_rows, train_rows = steps.split_rows(
@@ -253,12 +299,14 @@ def run_lm_finetune(
     train_set = _Rows(data.features, train_rows, mask_seed=masked)
     trained, resume = _train(opts, model, collator, train_set, out, log)
     folder = steps.checkpoint_dir(opts)
+    languages = {"source_lang": opts.source_lang, "target_lang": opts.target_lang}
+    languages = languages if opts.source_lang else {}
     tail = {"dropped_decay_factor": trained.decay_factor, "device": steps.device_of(model)}
     tail.update(resumed_from=str(resume) if resume else None, checkpoint_dir=folder and str(folder))
     report = _honest_loss(
         steps.build_report(
             opts,
-            head={"task": opts.task, "lm_head": head if opts.prune else None},
+            head={"task": opts.task, "lm_head": head if opts.prune else None, **languages},
             paths=(model_path, list(opts.data) or default_data()),
             pruning=pruning,
             examples=(len(train_rows), len(eval_rows)),

@@ -110,6 +110,7 @@ def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
     names = ("out", "eval_data", "label_column", "max_steps", "epochs", "batch_size", "lr")
     names += ("weight_decay", "seed", "eval_fraction", "prune", "overwrite", "limit", "kept")
     names += ("save_steps", "checkpoint_dir", "resume", "task", "chunked_loss", "lm_head")
+    names += ("source_lang", "target_lang")
     opts = FinetuneOptions(**_data(args), **{n: getattr(args, n) for n in names})
     _ready(opts)
     from vocabprune.cli.finetune import run_finetune

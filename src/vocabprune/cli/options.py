@@ -191,6 +191,8 @@ class FinetuneOptions(DataOptions):
     kept: str | None = None  # a saved kept vocabulary (or counts) instead of scanning
     chunked_loss: bool = False  # causal-lm: the loss in chunks (train.chunked)
     lm_head: str | None = None  # LM tasks: "frozen" (default: full softmax) or "restricted"
+    source_lang: str | None = None  # seq2seq: the tokenizer's source language code (NLLB, ...)
+    target_lang: str | None = None  # seq2seq: its target language code
     extra_training_args: dict[str, Any] = field(default_factory=dict)
 
     def inputs(self) -> list[str | None]:
@@ -228,6 +230,8 @@ class FinetuneOptions(DataOptions):
             )
         if self.lm_head is not None and self.task not in ("causal-lm", "masked-lm", "seq2seq"):
             raise OptionError("--lm-head is for --task causal-lm, masked-lm or seq2seq")
+        if (self.source_lang or self.target_lang) and self.task != "seq2seq":
+            raise OptionError("--source-lang / --target-lang are for --task seq2seq")
 
     def _check_checkpoint_dir(self) -> None:
         """Checkpoints live beside the output, never in it (the final rename would delete them)

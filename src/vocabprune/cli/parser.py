@@ -199,6 +199,13 @@ def _add_finetune(sub: Any) -> None:
         "softmax over the kept ids only (cheaper, not equal to full fine-tuning; its training "
         "loss is over kept columns)",
     )
+    for flag, side in (("--source-lang", "source"), ("--target-lang", "target")):
+        ft.add_argument(
+            flag,
+            metavar="CODE",
+            help=f"seq2seq: the {side} language code a translation tokenizer writes "
+            "(NLLB: eng_Latn, M2M100: en)",
+        )
     ft.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     ft.add_argument("--save-steps", type=int, metavar="N", help="write a checkpoint every N steps")
     ft.add_argument(

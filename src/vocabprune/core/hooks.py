@@ -41,8 +41,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from vocabprune.core.configs import config_tree
 from vocabprune.core.errors import UnknownTokenError, VocabPruneError
-from vocabprune.core.ids import spread_logits
+from vocabprune.core.ids import IGNORE_INDEX, spread_logits
 from vocabprune.core.state import PrunedState, get_state
 
 LOGITS_MODES = ("auto", "kept", "full")
@@ -53,11 +54,14 @@ FUSED_CALL = "fused_call"  # state.extras key: the labels of a fused call in pro
 
 
 def input_modules(state: PrunedState) -> list[nn.Embedding]:
-    """The nn.Embedding modules that hold the pruned input matrix (each once)."""
+    """Every nn.Embedding that holds a pruned matrix (each once): the input embedding and any
+    other that reads ids, such as a decoder embedding that owns the head weight (Marian with
+    share_encoder_decoder_embeddings=False). All of them read original ids."""
     found: dict[int, nn.Embedding] = {}
-    for module, attr, _ in state.tensors[0].owners:
-        if isinstance(module, nn.Embedding) and attr == "weight":
-            found.setdefault(id(module), module)
+    for tensor in state.tensors:
+        for module, attr, _ in tensor.owners:
+            if isinstance(module, nn.Embedding) and attr == "weight" and tensor.axis == 0:
+                found.setdefault(id(module), module)
     return list(found.values())
 
 
@@ -121,15 +125,51 @@ def _labels_position(model: nn.Module) -> int | None:
     return names.index("labels") if "labels" in names else None
 
 
+def _config_value(model: nn.Module, attr: str) -> Any:
+    """The first value of `attr` among the model's configs (sub-configs, generation config)."""
+    for cfg in config_tree(model):
+        value = getattr(cfg, attr, None)
+        if value is not None:
+            return value
+    return None
+
+
+def _decoder_inputs_from(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """How an encoder-decoder derives its decoder inputs from labels when given none (BART, T5,
+    Marian, Whisper, ... all do it inside forward): its own prepare_decoder_input_ids_from_labels,
+    else the rule they all share (shift right, decoder_start_token_id first, -100 -> pad).
+    None for a model that is not an encoder-decoder."""
+    if not getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        return None
+    prepare = getattr(model, "prepare_decoder_input_ids_from_labels", None)
+    if prepare is not None:
+        return lambda labels: prepare(labels=labels)  # type: ignore[no-any-return]
+    start = _config_value(model, "decoder_start_token_id")
+    pad = _config_value(model, "pad_token_id")
+
+    def shift_right(labels: torch.Tensor) -> torch.Tensor:
+        if start is None or pad is None:
+            missing = "decoder_start_token_id" if start is None else "pad_token_id"
+            raise VocabPruneError(
+                f"model {type(model).__name__} has no {missing} to derive its decoder inputs "
+                "from the labels: pass decoder_input_ids"
+            )
+        out = labels.new_full(labels.shape, int(start))
+        out[..., 1:] = labels[..., :-1]
+        return out.masked_fill_(out == IGNORE_INDEX, int(pad))
+
+    return shift_right
+
+
 def _label_remap(state: PrunedState, model: nn.Module) -> Callable[..., Any]:
     """Labels in original ids -> kept ids, before the model computes its loss over the kept
-    vocabulary (-100 stays -100); decoder inputs derived from the original labels first."""
+    vocabulary (-100 stays -100). An encoder-decoder first gets its decoder inputs derived from
+    the ORIGINAL labels (its embedding remaps them, once), as it would derive them unpruned."""
     remapper = state.remapper
     assert remapper is not None
     position = _labels_position(model)
-    derives = bool(
-        getattr(getattr(model, "config", None), "is_encoder_decoder", False)
-    ) and hasattr(model, "prepare_decoder_input_ids_from_labels")
+    derive = _decoder_inputs_from(model)
+    derives = derive is not None
 
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if not state.active:
@@ -143,9 +183,7 @@ def _label_remap(state: PrunedState, model: nn.Module) -> Callable[..., Any]:
             and kwargs.get("decoder_input_ids") is None
             and kwargs.get("decoder_inputs_embeds") is None
         ):
-            kwargs["decoder_input_ids"] = module.prepare_decoder_input_ids_from_labels(
-                labels=labels
-            )
+            kwargs["decoder_input_ids"] = derive(labels)  # type: ignore[misc]
         for key in LABEL_KWARGS:
             if isinstance(kwargs.get(key), torch.Tensor):
                 kwargs[key] = remapper.to_new(kwargs[key])

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from vocabprune.core.configs import token_id_attrs
 from vocabprune.core.errors import MismatchError, UnknownTokenError, VocabPruneError
 from vocabprune.core.vocab import CONFIG_ID_ATTRS, KeptVocab
 
@@ -281,9 +282,10 @@ def required_new_id(kept: KeptVocab, where: str, hint: str) -> Callable[[int], i
 def config_id_updates(
     cfg: Any, fn_for: Callable[[str], Callable[[int], int | None]]
 ) -> list[tuple[str, Any, Any]]:
-    """(attribute, old, new) for every token-id attribute of a config that `fn_for(attr)` moves."""
+    """(attribute, old, new) for every token-id attribute of a config that `fn_for(attr)` moves
+    (the classic ids and every modality's: image, video, boi/eoi, ...; core/configs.py)."""
     updates = []
-    for attr in CONFIG_ID_ATTRS:
+    for attr in dict.fromkeys([*CONFIG_ID_ATTRS, *token_id_attrs(cfg)]):
         old = getattr(cfg, attr, None)
         if old is None:
             continue

@@ -59,13 +59,31 @@ def embedding_shape(model: nn.Module) -> tuple[int, int]:
     owner = state_owner(model)
     if owner is not None:
         return tuple(owner.__dict__[STATE_ATTR].full_input_shape)  # type: ignore[return-value]
-    weight = input_embedding(model).weight
+    weight = input_embedding(prune_target(model)).weight
     return int(weight.shape[0]), int(weight.shape[1])
 
 
+def _unwrapped(model: Any) -> Any:
+    """The module a wrapper stands for: torch.compile's OptimizedModule (`_orig_mod`), a PEFT
+    model (its base model), DDP / DataParallel / accelerate-style wrappers (their one `.module`)."""
+    seen: set[int] = set()
+    while isinstance(model, nn.Module) and id(model) not in seen:
+        seen.add(id(model))
+        children = model._modules
+        if isinstance(children.get("_orig_mod"), nn.Module):
+            model = children["_orig_mod"]
+        elif hasattr(model, "peft_config") and callable(getattr(model, "get_base_model", None)):
+            model = model.get_base_model()
+        elif list(children) == ["module"] and isinstance(children["module"], nn.Module):
+            model = children["module"]
+    return model
+
+
 def prune_target(model: Any) -> nn.Module:
-    """The transformers model to prune: the model itself, or the one inside a wrapper that holds
-    exactly one (a SentenceTransformer's transformer module)."""
+    """The one rule that turns whatever the user hands us into the transformers model: the
+    model itself; the model inside torch.compile, PEFT, DDP-style wrappers (`.module`); or the
+    one transformers model a wrapper holds (a SentenceTransformer's transformer module)."""
+    model = _unwrapped(model)
     if hasattr(model, "get_input_embeddings") or not isinstance(model, nn.Module):
         return model  # type: ignore[no-any-return]
     found = [(n, m) for n, m in model.named_modules() if n and hasattr(m, "get_input_embeddings")]

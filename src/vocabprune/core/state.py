@@ -8,6 +8,8 @@ full state dict slices it to the kept rows, and `save_pretrained` writes the ful
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from torch import nn
 from vocabprune.core.errors import VocabPruneError
 from vocabprune.core.ids import IdRemapper
 from vocabprune.core.model import STATE_ATTR, state_owner
-from vocabprune.core.rowstore import RowStore, move_out_of
+from vocabprune.core.rowstore import CheckpointRows, MemoryRows, RowStore, move_out_of, offload
 from vocabprune.core.vocab import KeptVocab
 
 Owner = tuple[nn.Module, str, str]  # (module, attribute, qualified name in the model)
@@ -72,6 +74,12 @@ class PrunedTensor:
         the live tensor or from `live` (a trained copy of it, e.g. inside a PEFT wrapper)."""
         assert self.store is not None
         live = unsharded(self.live() if live is None else live).detach()
+        if live.shape[self.axis] != index.numel():
+            raise VocabPruneError(
+                f"{self.name} has {live.shape[self.axis]} rows but the pruned model kept "
+                f"{index.numel()}: it was resized while pruned, and its original rows no longer "
+                "line up; resize before pruning (then build the kept vocabulary and prune)"
+            )
         full = self.store.full().to(device=live.device, dtype=live.dtype)
         if scale is not None and scale != 1.0:
             full.mul_(scale)
@@ -272,9 +280,108 @@ def _save_pretrained_full(self: nn.Module, save_directory: Any, *args: Any, **kw
 
 
 def attach(model: nn.Module, state: PrunedState) -> None:
-    """Attach the state and the hooks that make saves full-vocabulary."""
+    """Attach the state and the hooks that make saves full-vocabulary; resizing, copying and
+    pickling the pruned model go through this module's rules (below)."""
     model.__dict__[STATE_ATTR] = state
     _full_saves_on(model, state)
+    for name, method in _INSTANCE_RULES.items():
+        if hasattr(type(model), name) or name.startswith("__"):
+            model.__dict__[name] = types.MethodType(method, model)
+
+
+# -- resizing, copying and pickling while pruned ------------------------------------------------
+#
+# These are instance attributes of the pruned model (as `save_pretrained` above), removed by
+# `detach`: the model's own public methods, never transformers' module attributes.
+
+
+def _resize_token_embeddings(
+    self: nn.Module,
+    new_num_tokens: int | None = None,
+    pad_to_multiple_of: int | None = None,
+    *args: Any,
+    **kwargs: Any,
+) -> Any:
+    """Refused while pruned unless it would change nothing: the kept rows cannot grow into the
+    full matrix, and restore would have nothing to line them up with."""
+    state: PrunedState = self.__dict__[STATE_ATTR]
+    full = state.full_input_shape[0]
+    rows = full if new_num_tokens is None else int(new_num_tokens)
+    if pad_to_multiple_of:
+        rows = -(-rows // pad_to_multiple_of) * pad_to_multiple_of
+    if rows == full:  # e.g. TRL's chat-format helper with tokens the vocabulary already has
+        return self.get_input_embeddings()  # type: ignore[operator]
+    raise VocabPruneError(
+        f"model {type(self).__name__} is pruned ({state.kept.size} of {full} ids kept): "
+        f"resize_token_embeddings({rows}) is refused; add tokens before pruning (resize, build "
+        "the kept vocabulary with model=..., then prune), or vocabprune.restore(model) first"
+    )
+
+
+def _deepcopy_pruned(self: nn.Module, memo: dict[int, Any]) -> nn.Module:
+    """copy.deepcopy: an independent pruned model (own row store, own hooks) that restores."""
+    from vocabprune.core import hooks  # hooks import this module
+
+    state: PrunedState = self.__dict__[STATE_ATTR]
+    names = (STATE_ATTR, *_INSTANCE_RULES, *_SAVE_RULES)
+    own = {name: self.__dict__.pop(name) for name in names if name in self.__dict__}
+    try:
+        copied: nn.Module = copy.deepcopy(self, memo)
+    finally:
+        self.__dict__.update(own)
+    for handle in state.handles + state.forward_handles:
+        # The copy's hook tables are copies of the original's and hold its hooks (closures over
+        # the original state): drop them from the copied tables, found through the memo.
+        refs = (handle.hooks_dict_ref, *getattr(handle, "extra_dict_ref", ()))
+        for ref in refs:
+            table = memo.get(id(ref()))
+            if table is not None:
+                table.pop(handle.id, None)
+    new = dataclasses.replace(
+        state,
+        tensors=[_copied_tensor(t, memo) for t in state.tensors],
+        module_changes=[_copied_change(c, memo) for c in state.module_changes],
+        config_changes=[_copied_change(c, memo) for c in state.config_changes],
+        handles=[],
+        forward_handles=[],
+        dropped_scale=dict(state.dropped_scale),
+        extras={},  # a weight-decay tracker follows the original's optimizer, not the copy's
+        _index={},
+    )
+    attach(copied, new)
+    hooks.install(copied, new)
+    return copied
+
+
+def _copied_tensor(tensor: PrunedTensor, memo: dict[int, Any]) -> PrunedTensor:
+    owners = [(memo.get(id(m), m), attr, q) for m, attr, q in tensor.owners]
+    assert tensor.store is not None
+    store = tensor.store  # a checkpoint's rows are read-only: both models can read them
+    if isinstance(store, MemoryRows):
+        store = MemoryRows(store.full())
+    elif not isinstance(store, CheckpointRows):
+        store = offload(store.full())  # the original's temporary file goes with the original
+    return PrunedTensor(owners, tensor.axis, tensor.full_size, tensor.is_parameter, store)
+
+
+def _copied_change(change: AttrChange, memo: dict[int, Any]) -> AttrChange:
+    return AttrChange(memo.get(id(change.obj), change.obj), change.attr, change.old, change.new)
+
+
+def _refuse_pickle(self: nn.Module, protocol: Any = None) -> Any:
+    raise VocabPruneError(
+        f"a pruned {type(self).__name__} cannot be pickled (its id hooks are closures): "
+        "save_pretrained it (full vocabulary), vocabprune.restore(model) first, or use "
+        "copy.deepcopy for an independent pruned copy"
+    )
+
+
+_INSTANCE_RULES = {
+    "resize_token_embeddings": _resize_token_embeddings,
+    "__deepcopy__": _deepcopy_pruned,
+    "__reduce_ex__": _refuse_pickle,
+}
+_SAVE_RULES = ("save_pretrained",)
 
 
 def _full_saves_on(model: nn.Module, state: PrunedState) -> None:
@@ -323,3 +430,5 @@ def detach(model: nn.Module, state: PrunedState) -> None:
     state.forward_handles.clear()
     state.active = False
     model.__dict__.pop(STATE_ATTR, None)
+    for name in _INSTANCE_RULES:
+        model.__dict__.pop(name, None)

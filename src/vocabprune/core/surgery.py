@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from vocabprune.core import hooks
+from vocabprune.core.configs import config_tree, vocab_size_attrs
 from vocabprune.core.errors import MismatchError, UnsupportedModelError, VocabPruneError
 from vocabprune.core.ids import IdRemapper, config_id_updates, required_new_id
 from vocabprune.core.model import input_embedding, model_name, output_head, state_owner
@@ -153,20 +154,25 @@ def size_changes(
 
 
 def config_vocab_change(model: nn.Module, old: int, new: int) -> list[AttrChange]:
-    """config.vocab_size, when it describes the rows that change."""
-    config = getattr(model, "config", None)
-    if config is not None and getattr(config, "vocab_size", None) == old:
-        return [AttrChange(config, "vocab_size", old, new)]
-    return []
+    """Every vocabulary size the model's configs hold that describes the rows that change:
+    config.vocab_size, sub-configs' (text_config, ...), decoder_vocab_size, the generation
+    config's (core/configs.py)."""
+    return [
+        AttrChange(cfg, attr, old, new)
+        for cfg in config_tree(model)
+        for attr in vocab_size_attrs(cfg)
+        if getattr(cfg, attr) == old
+    ]
 
 
 def module_vocab_changes(model: nn.Module, old: int, new: int) -> list[AttrChange]:
     """The copies of config.vocab_size that modules keep (Gemma 2/3, Mixtral and others copy it
     at construction and reshape their loss by it)."""
     return [
-        AttrChange(module, "vocab_size", old, new)
+        AttrChange(module, attr, old, new)
         for module in model.modules()
-        if type(value := module.__dict__.get("vocab_size")) is int and value == old
+        for attr in vocab_size_attrs(module)
+        if module.__dict__[attr] == old
     ]
 
 
@@ -200,10 +206,9 @@ def config_id_changes(model: nn.Module, kept: KeptVocab) -> list[AttrChange]:
 
 def _config_id_changes(model: nn.Module, kept: KeptVocab) -> list[AttrChange]:
     changes = []
-    for label in ("config", "generation_config"):
-        cfg = getattr(model, label, None)
-        if cfg is None:
-            continue
+    for cfg in config_tree(model, kept.vocab_size):  # sub-configs too: text_config, decoder
+        names = {id(getattr(model, n, None)): n for n in ("config", "generation_config")}
+        label = names.get(id(cfg), f"config's {type(cfg).__name__}")
         updates = config_id_updates(
             cfg, lambda attr, label=label: required_new_id(kept, f"{label}.{attr}", CONFIG_ID_HINT)
         )
@@ -293,9 +298,6 @@ def plan(
     if (output_pruned and not frozen) or output_head(model) is None:
         module_changes += module_vocab_changes(model, kept.vocab_size, kept.size)
         config_changes += config_vocab_change(model, kept.vocab_size, kept.size)
-        gen = getattr(model, "generation_config", None)
-        if gen is not None and getattr(gen, "vocab_size", None) == kept.vocab_size:
-            config_changes.append(AttrChange(gen, "vocab_size", kept.vocab_size, kept.size))
     if ids == "kept":
         config_changes += config_id_changes(model, kept)
     return Surgery(

@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from vocabprune.core.configs import config_token_ids
 from vocabprune.core.errors import MismatchError, VocabPruneError
 from vocabprune.core.files import atomic_file, read_json
 from vocabprune.core.model import embedding_shape as full_embedding_shape
-from vocabprune.core.model import model_name
+from vocabprune.core.model import model_name, prune_target
 
 FORMAT = "vocabprune.kept_vocab"
 FORMAT_VERSION = 1
@@ -99,10 +100,11 @@ def special_ids(tokenizer: Any = None, model: Any = None) -> list[int]:
             ids.update(_ids_from(getattr(tokenizer, name, None)))
         added = getattr(tokenizer, "added_tokens_decoder", None) or {}
         ids.update(int(i) for i, tok in added.items() if getattr(tok, "special", False))
-    if model is not None:
-        for cfg in (getattr(model, "config", None), getattr(model, "generation_config", None)):
-            for attr in CONFIG_ID_ATTRS:
-                ids.update(_ids_from(getattr(cfg, attr, None)))
+    if model is not None:  # every config of a composite model, every modality's ids
+        target = prune_target(model)
+        rows = full_embedding_shape(target)[0] if hasattr(target, "get_input_embeddings") else None
+        # An id beyond the input rows belongs to another vocabulary (a decoder's, bert2gpt2).
+        ids.update(i for i in config_token_ids(target, rows) if rows is None or i < rows)
     return sorted(i for i in ids if i >= 0)
 
 

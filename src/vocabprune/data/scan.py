@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vocabprune.core.errors import ScanError
-from vocabprune.core.model import embedding_shape, prune_target
+from vocabprune.core.model import embedding_shape, prune_target, wrapper_tokenizer
 from vocabprune.core.vocab import KeptVocab, tokenizer_fingerprint
 from vocabprune.data.counts import Counts, as_counts
 from vocabprune.data.sources import Columns, pick_text_columns, read_table, texts_of
@@ -630,17 +630,21 @@ def build_kept_vocab(
 
 
 def _unwrap(tokenizer: Any, model: Any) -> tuple[Any, Any, list[int]]:
-    """(tokenizer, model, ids of its prompts) of a wrapper such as a SentenceTransformer; a
-    plain tokenizer passes through."""
-    if not hasattr(tokenizer, "modules") or not hasattr(tokenizer, "tokenizer"):
-        return tokenizer, model, []
-    wrapper = tokenizer
-    inner = prune_target(wrapper)
+    """(tokenizer, model, ids of its prompts) when a wrapper such as a SentenceTransformer is
+    handed over as the tokenizer or as `model=`; the model is always the transformers model
+    (core.model.prune_target: compiled, PEFT and `.module` wrappers too)."""
+    if hasattr(tokenizer, "modules") and hasattr(tokenizer, "tokenizer"):
+        wrapper, tokenizer = tokenizer, tokenizer.tokenizer
+        model = model if model is not None else wrapper
+    elif model is not None and wrapper_tokenizer(model) is not None:
+        wrapper = model
+    else:
+        return tokenizer, (prune_target(model) if model is not None else None), []
     prompts = [p for p in (getattr(wrapper, "prompts", None) or {}).values() if p]
     ids: list[int] = []
     for prompt in prompts:
-        ids += wrapper.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    return wrapper.tokenizer, model if model is not None else inner, ids
+        ids += tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return tokenizer, prune_target(model), ids
 
 
 _TOKENIZERS: dict[tuple[str, int], Any] = {}
