@@ -225,6 +225,12 @@ def _quiet_transformers() -> None:
         pass
 
 
+# The ending signals received: a library may turn the Interrupted raised inside it into its own
+# error (transformers' lazy imports re-raise it as ModuleNotFoundError); the run still ends as
+# interrupted, its clean-up having run on the way out.
+_RECEIVED: list[int] = []
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGTERM, SIGHUP (a closed terminal) or SIGQUIT, raised like Ctrl-C so that every
     `finally` removes what it wrote."""
@@ -237,6 +243,7 @@ class Interrupted(KeyboardInterrupt):
 @contextlib.contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
     def handler(signum: int, frame: Any) -> None:
+        _RECEIVED.append(signum)
         raise Interrupted(signum)
 
     previous = {}
@@ -316,6 +323,8 @@ def _os_error(exc: OSError) -> str:
 
 
 def _fail(message: str) -> int:
+    if _RECEIVED:  # an ending signal, turned into this error by the code it interrupted
+        return _interrupted(_RECEIVED[0])
     text = " ".join(str(message).split()) or "unexpected error"
     print(f"vocabprune: error: {text}", file=sys.stderr)
     return EXIT_ERROR
@@ -355,11 +364,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError:
         return _fail("out of memory (try a smaller --batch-size or --max-length)")
     except KeyboardInterrupt as exc:
-        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        name = signal.Signals(signum).name
-        print(f"vocabprune: interrupted ({name}); unfinished outputs removed", file=sys.stderr)
-        return 128 + int(signum)
+        return _interrupted(exc.signum if isinstance(exc, Interrupted) else signal.SIGINT)
+    except Exception:
+        if _RECEIVED:  # an ending signal, turned into this error by the code it interrupted
+            return _interrupted(_RECEIVED[0])
+        raise
     return 0
+
+
+def _interrupted(signum: int) -> int:
+    name = signal.Signals(signum).name
+    print(f"vocabprune: interrupted ({name}); unfinished outputs removed", file=sys.stderr)
+    return 128 + int(signum)
 
 
 if __name__ == "__main__":  # pragma: no cover
