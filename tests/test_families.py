@@ -93,12 +93,15 @@ def head_kind(model) -> str:
 # -- forward ----------------------------------------------------------------------------------
 
 
+@pytest.mark.device
 @pytest.mark.parametrize("fam", ENTRIES)
-def test_forward_equals_the_unpruned_model(fam):
-    """Hidden states equal; logits equal at the kept columns, impossible elsewhere."""
-    model = fam.build()
+def test_forward_equals_the_unpruned_model(fam, device):
+    """Hidden states equal; logits equal at the kept columns, impossible elsewhere (on the test
+    device: tests/conftest.py)."""
+    model = fam.build().to(device)
     pool = text_pool(fam, 0)
     inputs = {**batch_for(fam, pool, 1, labels=False), **decoder_inputs(fam, pool)}
+    inputs = {k: v.to(device) for k, v in inputs.items()}
     with torch.no_grad():
         full = model(**inputs, output_hidden_states=True)
     kept = kept_for(model, fam, pool)
@@ -112,9 +115,9 @@ def test_forward_equals_the_unpruned_model(fam):
                 torch.testing.assert_close(getattr(small, key), getattr(full, key))
     else:
         assert small.logits.shape == full.logits.shape
-        cols = torch.as_tensor(kept.kept_ids)
+        cols = torch.as_tensor(kept.kept_ids, device=device)
         torch.testing.assert_close(small.logits[..., cols], full.logits[..., cols])
-        dropped = torch.as_tensor(np.flatnonzero(kept.old_to_new < 0))
+        dropped = torch.as_tensor(np.flatnonzero(kept.old_to_new < 0), device=device)
         assert (small.logits[..., dropped] == torch.finfo(small.logits.dtype).min).all()
     vp.restore(model)
 
