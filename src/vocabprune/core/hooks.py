@@ -267,11 +267,14 @@ def _fused_pre(state: PrunedState) -> Callable[..., Any]:
     """A frozen head under TRL's fused LM head: take the call over (see _fused_post)."""
 
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        state.extras.pop(FUSED_CALL, None)  # left by a call that raised
         if not (state.active and kwargs.get(FUSED_KWARG)):
             return None
         kwargs = {k: v for k, v in kwargs.items() if k != FUSED_KWARG}
         shift = kwargs.get("shift_labels")
         labels = kwargs.get("labels")
+        if shift is None and labels is None:
+            raise VocabPruneError("fused_lm_head=True scores labels: pass labels=...")
         targets = shift if shift is not None else labels[:, 1:]
         state.extras[FUSED_CALL] = (targets, shift is None, kwargs.get("num_items_in_batch"))
         return args, kwargs
