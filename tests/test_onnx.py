@@ -218,6 +218,30 @@ def test_tiny_decoders_with_cache(tmp_path, family):
     assert max_difference(graph, tmp_path / "onnx" / "model.onnx", [(2, 3, 11)])[0] <= FP32_TOL
 
 
+def test_tiny_sequence_classifier(tmp_path):
+    """A classification head: the graph's output is `logits` [batch, labels]; checked at
+    batch 1 and 3 (left padding) inside write_onnx, here again at another length."""
+    import transformers as T
+
+    torch.manual_seed(0)
+    config = T.BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=3,
+    )
+    model = T.BertForSequenceClassification(config).eval()
+    report = write_onnx(model, tmp_path, input_names=["input_ids", "attention_mask"])
+    assert report["task"] == "classification" and report["outputs"] == ["logits"]
+    assert report["inputs"] == ["input_ids", "attention_mask"]  # as the tokenizer gives
+    from vocabprune.deploy.onnx import max_difference
+
+    graph = Graph(model, ["input_ids", "attention_mask"])
+    assert max_difference(graph, tmp_path / "onnx" / "model.onnx", [(2, 17, 0)])[0] <= FP32_TOL
+
+
 def test_uncovered_mapping_per_tokenizer_model(minilm_tokenizer, smollm2_tokenizer):
     assert uncovered_mapping(tokenizer_json(minilm_tokenizer))["mapping"] == "unk"
     smol = uncovered_mapping(tokenizer_json(smollm2_tokenizer))
