@@ -92,6 +92,19 @@ def test_minilm_onnx_equals_full_model(tmp_path, minilm_dir, minilm_tokenizer, b
         vp.load_compact(out)
 
 
+def test_export_onnx_refuses_a_compact_export(tmp_path, minilm_dir, minilm_tokenizer):
+    from transformers import AutoModel
+
+    from vocabprune.deploy.export import export_pruned
+
+    model = AutoModel.from_pretrained(minilm_dir).eval()
+    kept = vp.build_kept_vocab(minilm_tokenizer, ["a short text"], model=model, progress=False)
+    export_pruned(model, minilm_tokenizer, kept, tmp_path / "compact")
+    with pytest.raises(vp.VocabPruneError, match="compact export"):
+        vp.export_onnx(tmp_path / "compact", tmp_path / "onnx")
+    assert not (tmp_path / "onnx").exists()
+
+
 @pytest.mark.slow
 def test_e5_cli_onnx_equals_full_model(tmp_path, capsys, bbc_texts):
     """`vocabprune prune --standalone --format onnx` on multilingual-e5-small (Unigram)."""

@@ -32,6 +32,7 @@ from torch import nn
 
 from vocabprune.core.errors import UnsupportedModelError, VocabPruneError
 from vocabprune.core.files import atomic_dir
+from vocabprune.deploy.manifest import MANIFEST, read_manifest
 
 ONNX_DIR = "onnx"
 MODEL_FILE = "model.onnx"
@@ -398,6 +399,11 @@ def export_onnx(
         source = Path(model_or_folder)
         if not (source / "config.json").is_file():
             raise VocabPruneError(f"{source} is not a model folder (no config.json)")
+        if (source / MANIFEST).is_file() and read_manifest(source).get("kind") == "compact":
+            raise VocabPruneError(
+                f"{source} is a compact export (its model reads remapped ids, its tokenizer is "
+                "the original): export with --standalone for ONNX"
+            )
         with atomic_dir(out, overwrite=overwrite) as tmp:
             for item in source.iterdir():
                 if item.is_file() and (keep_weights or item.name not in WEIGHT_FILES):
