@@ -305,6 +305,44 @@ def test_refused_options(tmp_path, capsys, argv, message):
     assert not out.exists()
 
 
+def test_gguf_option_hands_the_standalone_folder_to_the_gguf_writer(
+    tmp_path, capsys, monkeypatch, bbc_texts
+):
+    """The contract with vocabprune.deploy.gguf (written elsewhere): export_gguf(folder, out, *,
+    quantize, overwrite) gets a finished standalone folder and writes --out; the scratch
+    folder is gone after. A stand-in writer records what it was given."""
+    import importlib.machinery
+    import sys
+    import types
+
+    seen = {}
+
+    def export_gguf(folder, out, *, quantize, overwrite):
+        folder = type(tmp_path)(folder)
+        seen.update(
+            files=sorted(p.name for p in folder.iterdir()), quantize=quantize, overwrite=overwrite
+        )
+        type(tmp_path)(out).write_bytes(b"GGUF")
+        return {"file": str(out)}
+
+    name = "vocabprune.deploy.gguf"
+    module = types.ModuleType(name)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+    module.export_gguf = export_gguf
+    monkeypatch.setitem(sys.modules, name, module)
+    data = tmp_path / "data.txt"
+    data.write_text("\n".join(_texts(bbc_texts, 600)), encoding="utf-8")
+    out = tmp_path / "model.gguf"
+    argv = ["prune", "--data", str(data), "--out", str(out), "--standalone", "--format", "gguf"]
+    code, stdout, stderr = _run_cli(capsys, *argv, "--quantize", "q8_0", "--json")
+    assert code == 0, stderr
+    report = json.loads(stdout[stdout.index("{") :])
+    assert out.read_bytes() == b"GGUF" and report["gguf"] == {"file": str(out)}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(seen["files"])
+    assert seen["quantize"] == "q8_0" and seen["overwrite"] is False
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.txt", "model.gguf"]
+
+
 def test_gguf_option_dispatches_or_says_unavailable(tmp_path, capsys):
     from vocabprune.cli.options import gguf_available
 
