@@ -266,7 +266,13 @@ def main() -> dict[str, Any]:
             summary["export_seconds"] = export_seconds
             results["models"][name] = summary
             print(json.dumps({name: summary}, default=str)[:2000], flush=True)
+            _save(results)  # after each model: a long run stopped midway keeps what it measured
     return results
+
+
+def _save(results: dict[str, Any]) -> None:
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps(results, indent=2, default=str))
 
 
 def table(results: dict[str, Any]) -> str:
@@ -301,7 +307,4 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--table"]:
         print(table(json.loads(RESULT.read_text())))
         sys.exit(0)
-    out = main()
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(out, indent=2, default=str))
-    print(table(out))
+    print(table(main()))
