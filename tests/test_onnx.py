@@ -247,7 +247,9 @@ def test_tiny_sequence_classifier(tmp_path):
     )
     model = T.BertForSequenceClassification(config).eval()
     report = write_onnx(model, tmp_path, input_names=["input_ids", "attention_mask"])
-    assert report["task"] == "classification" and report["outputs"] == ["logits"]
+    assert report["task"] == "text-classification" and report["outputs"] == ["logits"]
+    labels = session(tmp_path / "onnx" / "model.onnx").get_outputs()[0].shape
+    assert labels[1] == 3  # [batch, labels]: only the batch axis is dynamic
     assert report["inputs"] == ["input_ids", "attention_mask"]  # as the tokenizer gives
     from vocabprune.deploy.onnx import max_difference
 
