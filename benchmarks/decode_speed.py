@@ -144,8 +144,22 @@ def main() -> dict[str, Any]:
     return result
 
 
+def table(result: dict[str, Any]) -> str:
+    """Markdown: tokens/s per method and batch, and each vs the oracle."""
+    lines = ["| method | " + " | ".join(f"batch {b}: tokens/s (vs oracle)" for b in BATCHES) + " |"]
+    lines.append("|---|" + "---:|" * len(BATCHES))
+    for method in METHODS:
+        cells = []
+        for b in BATCHES:
+            rate = result["median_tokens_per_second"][method][b]
+            cells.append(f"{rate:.1f} ({result['vs_oracle'][method][b]:.2f})")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     out = main()
+    print(table(out))
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     path = RESULT if SHAPE == "gemma3-270m" else RESULT.with_name(f"decode_speed_{SHAPE}.json")
     path.write_text(json.dumps(out, indent=2, default=str))

@@ -266,10 +266,45 @@ def main() -> dict[str, Any]:
             summary["export_seconds"] = export_seconds
             results["models"][name] = summary
             print(json.dumps({name: summary}, default=str)[:2000], flush=True)
+            _save(results)  # after each model: a long run stopped midway keeps what it measured
     return results
 
 
-if __name__ == "__main__":
-    out = main()
+def _save(results: dict[str, Any]) -> None:
     RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(out, indent=2, default=str))
+    RESULT.write_text(json.dumps(results, indent=2, default=str))
+
+
+def table(results: dict[str, Any]) -> str:
+    """The markdown table of a results file: one row per model and variant."""
+    lines = [
+        "| model | variant | kept / vocabulary | file MiB | load s | peak RSS MiB | latency |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for name, row in results["models"].items():
+        for variant in ("full", "pruned", "pruned_int8"):
+            cell = row.get(variant)
+            if not cell:
+                continue
+            if row["kind"] == "encoder":
+                shape = "x".join(str(n) for n in (ENC_BATCH, ENC_LENGTH))
+                latency = f"{cell.get('batch_seconds', float('nan')) * 1e3:,.0f} ms / {shape}"
+            else:
+                latency = " / ".join(
+                    f"b{b} {cell.get(f'tokens_per_second_b{b}', float('nan')):.1f} tok/s"
+                    for b in LM_BATCHES
+                )
+            kept = f"{row['kept']:,} / {row['vocab_size']:,}" if variant != "full" else "–"
+            lines.append(
+                f"| {name} | {variant} | {kept} | {cell['file_bytes'] / 2**20:,.1f} | "
+                f"{cell.get('load_seconds', float('nan')):.2f} | "
+                f"{cell.get('peak_rss_bytes', 0) / 2**20:,.0f} | {latency} |"
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--table"]:
+        print(table(json.loads(RESULT.read_text())))
+        sys.exit(0)
+    print(table(main()))

@@ -92,6 +92,19 @@ def test_minilm_onnx_equals_full_model(tmp_path, minilm_dir, minilm_tokenizer, b
         vp.load_compact(out)
 
 
+def test_export_onnx_refuses_a_compact_export(tmp_path, minilm_dir, minilm_tokenizer):
+    from transformers import AutoModel
+
+    from vocabprune.deploy.export import export_pruned
+
+    model = AutoModel.from_pretrained(minilm_dir).eval()
+    kept = vp.build_kept_vocab(minilm_tokenizer, ["a short text"], model=model, progress=False)
+    export_pruned(model, minilm_tokenizer, kept, tmp_path / "compact")
+    with pytest.raises(vp.VocabPruneError, match="compact export"):
+        vp.export_onnx(tmp_path / "compact", tmp_path / "onnx")
+    assert not (tmp_path / "onnx").exists()
+
+
 @pytest.mark.slow
 def test_e5_cli_onnx_equals_full_model(tmp_path, capsys, bbc_texts):
     """`vocabprune prune --standalone --format onnx` on multilingual-e5-small (Unigram)."""
@@ -218,6 +231,32 @@ def test_tiny_decoders_with_cache(tmp_path, family):
     assert max_difference(graph, tmp_path / "onnx" / "model.onnx", [(2, 3, 11)])[0] <= FP32_TOL
 
 
+def test_tiny_sequence_classifier(tmp_path):
+    """A classification head: the graph's output is `logits` [batch, labels]; checked at
+    batch 1 and 3 (left padding) inside write_onnx, here again at another length."""
+    import transformers as T
+
+    torch.manual_seed(0)
+    config = T.BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=3,
+    )
+    model = T.BertForSequenceClassification(config).eval()
+    report = write_onnx(model, tmp_path, input_names=["input_ids", "attention_mask"])
+    assert report["task"] == "text-classification" and report["outputs"] == ["logits"]
+    labels = session(tmp_path / "onnx" / "model.onnx").get_outputs()[0].shape
+    assert labels[1] == 3  # [batch, labels]: only the batch axis is dynamic
+    assert report["inputs"] == ["input_ids", "attention_mask"]  # as the tokenizer gives
+    from vocabprune.deploy.onnx import max_difference
+
+    graph = Graph(model, ["input_ids", "attention_mask"])
+    assert max_difference(graph, tmp_path / "onnx" / "model.onnx", [(2, 17, 0)])[0] <= FP32_TOL
+
+
 def test_uncovered_mapping_per_tokenizer_model(minilm_tokenizer, smollm2_tokenizer):
     assert uncovered_mapping(tokenizer_json(minilm_tokenizer))["mapping"] == "unk"
     smol = uncovered_mapping(tokenizer_json(smollm2_tokenizer))
@@ -266,6 +305,44 @@ def test_refused_options(tmp_path, capsys, argv, message):
     assert code == 2
     assert message in stderr.strip().splitlines()[-1]
     assert not out.exists()
+
+
+def test_gguf_option_hands_the_standalone_folder_to_the_gguf_writer(
+    tmp_path, capsys, monkeypatch, bbc_texts
+):
+    """The contract with vocabprune.deploy.gguf (written elsewhere): export_gguf(folder, out, *,
+    quantize, overwrite) gets a finished standalone folder and writes --out; the scratch
+    folder is gone after. A stand-in writer records what it was given."""
+    import importlib.machinery
+    import sys
+    import types
+
+    seen = {}
+
+    def export_gguf(folder, out, *, quantize, overwrite):
+        folder = type(tmp_path)(folder)
+        seen.update(
+            files=sorted(p.name for p in folder.iterdir()), quantize=quantize, overwrite=overwrite
+        )
+        type(tmp_path)(out).write_bytes(b"GGUF")
+        return {"file": str(out)}
+
+    name = "vocabprune.deploy.gguf"
+    module = types.ModuleType(name)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+    module.export_gguf = export_gguf
+    monkeypatch.setitem(sys.modules, name, module)
+    data = tmp_path / "data.txt"
+    data.write_text("\n".join(_texts(bbc_texts, 600)), encoding="utf-8")
+    out = tmp_path / "model.gguf"
+    argv = ["prune", "--data", str(data), "--out", str(out), "--standalone", "--format", "gguf"]
+    code, stdout, stderr = _run_cli(capsys, *argv, "--quantize", "q8_0", "--json")
+    assert code == 0, stderr
+    report = json.loads(stdout[stdout.index("{") :])
+    assert out.read_bytes() == b"GGUF" and report["gguf"] == {"file": str(out)}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(seen["files"])
+    assert seen["quantize"] == "q8_0" and seen["overwrite"] is False
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.txt", "model.gguf"]
 
 
 def test_gguf_option_dispatches_or_says_unavailable(tmp_path, capsys):

@@ -303,4 +303,7 @@ def spread_logits(
     exactly 0 without the NaNs -inf gives entropy-style sums). Differentiable."""
     value = torch.finfo(logits.dtype).min if fill is None else fill
     full = logits.new_full((*logits.shape[:-1], size), value)
-    return full.index_copy(-1, columns.to(logits.device), logits)
+    # In place into the fresh tensor: the out-of-place index_copy would copy all `size` columns
+    # once more, a pass over [rows x vocabulary] at every decoding step (autograd still flows
+    # to `logits`: `full` is a new tensor that needs no gradient of its own).
+    return full.index_copy_(-1, columns.to(logits.device), logits)

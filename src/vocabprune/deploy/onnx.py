@@ -32,6 +32,7 @@ from torch import nn
 
 from vocabprune.core.errors import UnsupportedModelError, VocabPruneError
 from vocabprune.core.files import atomic_dir
+from vocabprune.deploy.manifest import MANIFEST, read_manifest
 
 ONNX_DIR = "onnx"
 MODEL_FILE = "model.onnx"
@@ -133,10 +134,17 @@ def _encoder_inputs(model: nn.Module, input_names: Sequence[str] | None) -> list
     return names
 
 
-def _encoder_output(model: nn.Module) -> str:
+# Encoder heads: class-name suffix -> the task name optimum gives it (output "logits").
+ENCODER_TASKS = {
+    "ForSequenceClassification": "text-classification",
+    "ForMaskedLM": "fill-mask",
+    "ForTokenClassification": "token-classification",
+}
+
+
+def _encoder_task(model: nn.Module) -> str:
     name = type(model).__name__
-    heads = ("ForSequenceClassification", "ForMaskedLM", "ForTokenClassification")
-    return "logits" if name.endswith(heads) else "last_hidden_state"
+    return next((t for s, t in ENCODER_TASKS.items() if name.endswith(s)), "feature-extraction")
 
 
 def _ids(vocab: int, batch: int, length: int, seed: int) -> torch.Tensor:
@@ -166,20 +174,16 @@ class Graph:
             present = [n.replace("past_key_values", "present") for n in self.past_names]
             self.inputs = ["input_ids", "attention_mask", "position_ids", *self.past_names]
             self.outputs = ["logits", *present]
+            self.task = "text-generation-with-past"
             self.module: nn.Module = _CausalGraph(model, self.layers)
         else:
             self.inputs = _encoder_inputs(model, input_names)
-            self.outputs = [_encoder_output(model)]
+            self.task = _encoder_task(model)
+            self.outputs = ["last_hidden_state" if self.task == "feature-extraction" else "logits"]
             self.module = _EncoderGraph(model, self.inputs, self.outputs[0])
         # The exporter restores the wrapper's training flag after tracing, and a new module is
         # in training mode: keep it (and so the model) in eval, or dropout runs in the check.
         self.module.eval()
-
-    @property
-    def task(self) -> str:
-        if self.causal:
-            return "text-generation-with-past"
-        return "feature-extraction" if self.outputs == ["last_hidden_state"] else "classification"
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         axes: dict[str, dict[int, str]] = {}
@@ -193,6 +197,8 @@ class Graph:
         for name in self.outputs:
             if name.startswith("present"):
                 axes[name] = {0: "batch_size", 2: "total_sequence_length"}
+            elif self.task == "text-classification":  # [batch, labels]
+                axes[name] = {0: "batch_size"}
             else:
                 axes[name] = {0: "batch_size", 1: "sequence_length"}
         return axes
@@ -398,6 +404,11 @@ def export_onnx(
         source = Path(model_or_folder)
         if not (source / "config.json").is_file():
             raise VocabPruneError(f"{source} is not a model folder (no config.json)")
+        if (source / MANIFEST).is_file() and read_manifest(source).get("kind") == "compact":
+            raise VocabPruneError(
+                f"{source} is a compact export (its model reads remapped ids, its tokenizer is "
+                "the original): export with --standalone for ONNX"
+            )
         with atomic_dir(out, overwrite=overwrite) as tmp:
             for item in source.iterdir():
                 if item.is_file() and (keep_weights or item.name not in WEIGHT_FILES):
