@@ -16,6 +16,9 @@ each file is measured in a fresh interpreter that imports only llama-cpp-python 
 - whether the pruned file's greedy tokens, mapped back to original ids, equal the full file's
   (up to the first token the kept vocabulary lacks).
 
+One llama.cpp thread by default (--threads): its worker threads spin at barriers, and on this
+shared 2-core machine a second busy process slowed 2-thread decoding 10-100x.
+
     python benchmarks/deploy_gguf.py                      # both models, f16, 3 repetitions
     python benchmarks/deploy_gguf.py --models smollm2 --reps 1 --tokens 16 --outtype q8_0
 
@@ -297,7 +300,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=48)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--outtype", default="f16", choices=("f32", "f16", "q8_0"))
     parser.add_argument("--out", default=str(RESULT))
     args = parser.parse_args(argv)
