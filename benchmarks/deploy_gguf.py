@@ -202,6 +202,7 @@ def _median(runs: list[dict[str, Any]], key: str) -> float | None:
 
 
 def run_model(name: str, texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    machine = benchlib.machine_info()  # load average at the start of this model's run
     with tempfile.TemporaryDirectory(prefix="vp-gguf-bench-") as tmp:
         prep = _prepare(name, Path(tmp), texts, args.outtype)
         kept = prep["kept"]
@@ -219,7 +220,12 @@ def run_model(name: str, texts: list[str], args: argparse.Namespace) -> dict[str
                 result = benchlib.run_fresh("deploy_gguf:measure", spec, timeout=1200)
                 benchlib_log(f"{name} {variant} rep {rep}: " + _short(result))
                 runs[variant].append(result)
-    out: dict[str, Any] = {"model": name, "kept": kept.size, "vocab_size": prep["vocab_size"]}
+    out: dict[str, Any] = {
+        "model": name,
+        "kept": kept.size,
+        "vocab_size": prep["vocab_size"],
+        "machine": machine,
+    }
     for variant in ("full", "pruned"):
         rs = runs[variant]
         out[variant] = {
@@ -305,6 +311,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default=str(RESULT))
     args = parser.parse_args(argv)
     texts, _labels = benchlib.bbc_news()
+    models = [run_model(m, texts, args) for m in args.models.split(",")]
+    names = {m["model"] for m in models}
+    out = Path(args.out)
+    # Models run before (same outtype) stay in the file: `--models gemma3-270m` adds one.
+    previous = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {}
+    kept_before = previous.get("models", []) if previous.get("outtype") == args.outtype else []
     results: dict[str, Any] = {
         "benchmark": "deploy_gguf",
         "machine": benchlib.machine_info(),
@@ -314,10 +326,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "tokens": args.tokens,
         "threads": args.threads,
         "kept_from": "BBC News, all 2,225 articles, SmolLM2 tokenizer",
-        "models": [run_model(m, texts, args) for m in args.models.split(",")],
+        "models": [m for m in kept_before if m["model"] not in names] + models,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
     print(table(results))
     return results
 
