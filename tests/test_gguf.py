@@ -404,7 +404,7 @@ def _has_llama() -> bool:
 
 @pytest.fixture(scope="module")
 def smollm2_files(tmp_path_factory, smollm2_dir, smollm2_tokenizer, kept_texts):
-    """(full f16 GGUF, pruned f16 GGUF, kept vocabulary, standalone folder) of SmolLM2."""
+    """(full f16 GGUF, pruned f16 GGUF, kept vocabulary, standalone folder, their reports)."""
     from transformers import AutoModelForCausalLM
 
     tmp = tmp_path_factory.mktemp("smollm2_gguf")
@@ -416,39 +416,56 @@ def smollm2_files(tmp_path_factory, smollm2_dir, smollm2_tokenizer, kept_texts):
     del model
     full = export_gguf(smollm2_dir, tmp / "full.gguf", outtype="f16")
     pruned = export_gguf(folder, tmp / "pruned.gguf", outtype="f16")
-    return Path(full["out"]), Path(pruned["out"]), written, folder, pruned
+    return Path(full["out"]), Path(pruned["out"]), written, folder, (full, pruned)
 
 
-def test_smollm2_file_contents(smollm2_files, smollm2_dir):
-    """The pruned file's vocabulary is the kept tokens in order, with the original's types, byte
-    symbols, specials renumbered, and merges exactly the rewritten tokenizer's."""
-    full, pruned, kept, folder, report = smollm2_files
+def test_file_contents(tmp_path, small_bpe, kept_texts):
+    """The pruned file's vocabulary is the kept tokens in order, with the full file's types and
+    byte symbols, specials renumbered, merges exactly the rewritten tokenizer's, and the
+    original id of every token."""
+    model = _tiny_model("llama", small_bpe)
+    full, pruned, kept = _export_pair(tmp_path, model, small_bpe, kept_texts)
     f_full, _ = _fields(full)
     f_pruned, reader = _fields(pruned)
     ids = kept.kept_ids
+    assert kept.size < len(small_bpe)
     assert list(f_pruned[KEPT_IDS_KEY]) == ids.tolist()
     assert f_pruned["tokenizer.ggml.tokens"] == [f_full["tokenizer.ggml.tokens"][i] for i in ids]
     assert f_pruned["tokenizer.ggml.token_type"] == [
         f_full["tokenizer.ggml.token_type"][i] for i in ids
     ]
-    assert f_pruned["tokenizer.ggml.pre"] == f_full["tokenizer.ggml.pre"] == "gpt-2"
+    assert f_pruned["tokenizer.ggml.pre"] == f_full["tokenizer.ggml.pre"] == "smollm"
     for key in ("bos", "eos", "unknown", "padding"):
         old = f_full[f"tokenizer.ggml.{key}_token_id"]
         assert f_pruned[f"tokenizer.ggml.{key}_token_id"] == kept.new_id(old)
-    # every byte symbol the original vocabulary has is still there
-    full_tokens = f_full["tokenizer.ggml.tokens"]
     from gguf.vocab import bytes_to_unicode
 
-    assert len(report["bytes_without_symbol"]) == 21  # as the original: never in UTF-8 text
+    full_tokens = set(f_full["tokenizer.ggml.tokens"])
     kept_tokens = set(f_pruned["tokenizer.ggml.tokens"])
-    for symbol in bytes_to_unicode().values():
-        assert (symbol in kept_tokens) == (symbol in full_tokens)
-    rewritten = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    assert all(symbol in kept_tokens for symbol in bytes_to_unicode().values())
+    assert all(symbol in full_tokens for symbol in bytes_to_unicode().values())
+    rewritten = json.loads((tmp_path / "pruned" / "tokenizer.json").read_text(encoding="utf-8"))
     merges = [m if isinstance(m, str) else " ".join(m) for m in rewritten["model"]["merges"]]
     assert f_pruned["tokenizer.ggml.merges"] == merges
     assert len(merges) < len(f_full["tokenizer.ggml.merges"])
     embd = {t.name: t for t in reader.tensors}["token_embd.weight"]
-    assert list(embd.shape) == [576, kept.size]
+    assert list(embd.shape) == [64, kept.size]
+    data = np.asarray(embd.data).reshape(kept.size, 64)
+    weight = model.get_input_embeddings().weight.detach().numpy()
+    np.testing.assert_array_equal(data, weight[ids])  # f32: the kept rows, bit for bit
+
+
+def test_smollm2_report(smollm2_files):
+    """SmolLM2's files: the pre-tokenizer named from its tokenizer.json, the pruned file without
+    a byte symbol the original lacks (21 bytes UTF-8 text never holds, as in the original)."""
+    _full, _pruned, kept, _folder, reports = smollm2_files
+    full, pruned = reports
+    assert full["pre_tokenizer"] == pruned["pre_tokenizer"] == "gpt-2"
+    assert full["bytes_without_symbol"] == pruned["bytes_without_symbol"]
+    assert len(pruned["bytes_without_symbol"]) == 21
+    assert (full["tokens"], pruned["tokens"]) == (49152, kept.size)
+    assert pruned["merges"] < full["merges"] and pruned["kept_ids"] and not full["kept_ids"]
+    assert pruned["bytes"] < full["bytes"]
 
 
 @pytest.mark.slow
