@@ -568,6 +568,10 @@ def test_refusals(tmp_path, smollm2_dir, small_bpe, kept_texts):
     (odd / "config.json").write_text(json.dumps({**config, "architectures": ["GPT2LMHeadModel"]}))
     with pytest.raises(UnsupportedModelError, match="does not support GPT2LMHeadModel"):
         export_gguf(odd, tmp_path / "odd.gguf")
+    qwen_swa = {**config, "architectures": ["Qwen2ForCausalLM"], "use_sliding_window": True}
+    (odd / "config.json").write_text(json.dumps(qwen_swa))
+    with pytest.raises(UnsupportedModelError, match="no sliding-window attention"):
+        export_gguf(odd, tmp_path / "odd.gguf")
     (odd / "config.json").write_text(json.dumps({**config, "vocab_size": 100}))
     with pytest.raises(VocabPruneError, match="vocab_size 100 but the tokenizer has 1200"):
         export_gguf(odd, tmp_path / "odd.gguf")
