@@ -12,9 +12,13 @@ each file is measured in a fresh interpreter that imports only llama-cpp-python 
 - peak RSS of that process (VmHWM: the mapped pages it touched, the KV cache, the logits);
 - greedy decoding tokens/s at batch 1 (one prompt) and batch 8 (8 prompts in one llama_batch,
   one sequence each), --tokens new tokens after a 32-token prompt (article openings), argmax
-  over the file's own vocabulary;
+  over the file's own vocabulary; also tokens per CPU second of that process (with one thread,
+  steadier than wall time on a shared machine);
 - whether the pruned file's greedy tokens, mapped back to original ids, equal the full file's
   (up to the first token the kept vocabulary lacks).
+
+One llama.cpp thread by default (--threads): its worker threads spin at barriers, and on this
+shared 2-core machine a second busy process slowed 2-thread decoding 10-100x.
 
     python benchmarks/deploy_gguf.py                      # both models, f16, 3 repetitions
     python benchmarks/deploy_gguf.py --models smollm2 --reps 1 --tokens 16 --outtype q8_0
@@ -87,7 +91,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         row = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), (n_vocab,))
         return int(row.argmax())
 
-    def run(seqs: list[list[int]]) -> tuple[float, list[list[int]]]:
+    def run(seqs: list[list[int]]) -> tuple[float, float, list[list[int]]]:
         L.llama_memory_clear(L.llama_get_memory(ctx), True)
         entries = []
         for s, ids in enumerate(seqs):
@@ -95,7 +99,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         decode(entries)
         last = [i for i, e in enumerate(entries) if e[3]]
         out: list[list[int]] = [[argmax(i)] for i in last]
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for step in range(1, steps):
             decode(
                 [
@@ -105,11 +109,12 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             )
             for s, o in enumerate(out):
                 o.append(argmax(s))
-        seconds = time.perf_counter() - started
-        return len(seqs) * (steps - 1) / seconds, out
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        n = len(seqs) * (steps - 1)
+        return n / seconds, n / cpu, out
 
-    tok_s_1, out_1 = run(prompts[:1])
-    tok_s_8, out_8 = run(prompts[:BATCH])
+    tok_s_1, cpu_1, out_1 = run(prompts[:1])
+    tok_s_8, cpu_8, out_8 = run(prompts[:BATCH])
     L.llama_batch_free(batch)
     L.llama_free(ctx)
     L.llama_model_free(model)
@@ -118,6 +123,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "peak_rss": benchlib.peak_rss_bytes(),
         "tokens_per_second_b1": tok_s_1,
         "tokens_per_second_b8": tok_s_8,
+        "tokens_per_cpu_second_b1": cpu_1,
+        "tokens_per_cpu_second_b8": cpu_8,
         "outputs_b1": out_1,
         "outputs_b8": out_8,
         "n_vocab": n_vocab,
@@ -145,7 +152,10 @@ def _gemma3_folder(work: Path, smollm2: Path) -> Path:
     ids = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}
     config = transformers.Gemma3TextConfig(**{**shape.config, **ids})
     config.architectures = ["Gemma3ForCausalLM"]
-    model = benchlib.build_model(config, "Gemma3ForCausalLM")
+    import torch
+
+    # bf16 halves the memory the export needs (the GGUF is written in --outtype either way)
+    model = benchlib.build_model(config, "Gemma3ForCausalLM", dtype=torch.bfloat16)
     model.save_pretrained(folder)
     return folder
 
@@ -199,6 +209,7 @@ def _median(runs: list[dict[str, Any]], key: str) -> float | None:
 
 
 def run_model(name: str, texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    machine = benchlib.machine_info()  # load average at the start of this model's run
     with tempfile.TemporaryDirectory(prefix="vp-gguf-bench-") as tmp:
         prep = _prepare(name, Path(tmp), texts, args.outtype)
         kept = prep["kept"]
@@ -216,7 +227,12 @@ def run_model(name: str, texts: list[str], args: argparse.Namespace) -> dict[str
                 result = benchlib.run_fresh("deploy_gguf:measure", spec, timeout=1200)
                 benchlib_log(f"{name} {variant} rep {rep}: " + _short(result))
                 runs[variant].append(result)
-    out: dict[str, Any] = {"model": name, "kept": kept.size, "vocab_size": prep["vocab_size"]}
+    out: dict[str, Any] = {
+        "model": name,
+        "kept": kept.size,
+        "vocab_size": prep["vocab_size"],
+        "machine": machine,
+    }
     for variant in ("full", "pruned"):
         rs = runs[variant]
         out[variant] = {
@@ -227,6 +243,8 @@ def run_model(name: str, texts: list[str], args: argparse.Namespace) -> dict[str
             "peak_rss": _median(rs, "peak_rss"),
             "tokens_per_second_b1": _median(rs, "tokens_per_second_b1"),
             "tokens_per_second_b8": _median(rs, "tokens_per_second_b8"),
+            "tokens_per_cpu_second_b1": _median(rs, "tokens_per_cpu_second_b1"),
+            "tokens_per_cpu_second_b8": _median(rs, "tokens_per_cpu_second_b8"),
             "runs": [{k: v for k, v in r.items() if not k.startswith("outputs")} for r in rs],
         }
     full_ok = [r for r in runs["full"] if "outputs_b1" in r]
@@ -254,17 +272,26 @@ def _short(result: dict[str, Any]) -> str:
     )
 
 
+def _range(runs: list[dict[str, Any]], key: str) -> str:
+    values = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
+    if not values:
+        return "–"
+    return f"{statistics.median(values):.1f} [{min(values):.1f}–{max(values):.1f}]"
+
+
 def table(results: dict[str, Any]) -> str:
     """The markdown table of a results dict (one row per model and variant)."""
     names = {"smollm2": "SmolLM2-135M", "gemma3-270m": "Gemma-3-270m shape"}
     lines = [
         f"llama.cpp (llama-cpp-python {results.get('llama_cpp_python', '?')}), "
-        f"{results['outtype']}, {results['threads']} threads, median of {results['reps']}; "
+        f"{results['outtype']}, {results['threads']} thread(s), median [min–max] of "
+        f"{results['reps']} runs, full and pruned interleaved, each in a fresh process; "
         f"greedy, {results['tokens']} new tokens after a {PROMPT_TOKENS}-token prompt.",
         "",
         "| model | file | tokens | file size | load | peak RSS | tokens/s, batch 1 "
-        "| tokens/s, batch 8 | pruned greedy = full |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| tokens/s, batch 8 | tokens / CPU s, batch 1 | tokens / CPU s, batch 8 "
+        "| pruned greedy = full |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for m in results["models"]:
         for variant in ("full", "pruned"):
@@ -284,8 +311,10 @@ def table(results: dict[str, Any]) -> str:
                 f"| {names.get(m['model'], m['model'])} | {variant} | {v['tokens']:,} "
                 f"| {v['file_bytes'] / 2**20:,.0f} MiB | {fmt(v['load_seconds'], '.2f')} s "
                 f"| {fmt(v['peak_rss'] and v['peak_rss'] / 2**20, ',.0f')} MiB "
-                f"| {fmt(v['tokens_per_second_b1'], '.1f')} "
-                f"| {fmt(v['tokens_per_second_b8'], '.1f')} | {same} |"
+                f"| {_range(v['runs'], 'tokens_per_second_b1')} "
+                f"| {_range(v['runs'], 'tokens_per_second_b8')} "
+                f"| {_range(v['runs'], 'tokens_per_cpu_second_b1')} "
+                f"| {_range(v['runs'], 'tokens_per_cpu_second_b8')} | {same} |"
             )
     return "\n".join(lines)
 
@@ -297,11 +326,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=48)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--outtype", default="f16", choices=("f32", "f16", "q8_0"))
     parser.add_argument("--out", default=str(RESULT))
     args = parser.parse_args(argv)
     texts, _labels = benchlib.bbc_news()
+    models = [run_model(m, texts, args) for m in args.models.split(",")]
+    names = {m["model"] for m in models}
+    out = Path(args.out)
+    # Models run before (same outtype) stay in the file: `--models gemma3-270m` adds one.
+    previous = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {}
+    kept_before = previous.get("models", []) if previous.get("outtype") == args.outtype else []
     results: dict[str, Any] = {
         "benchmark": "deploy_gguf",
         "machine": benchlib.machine_info(),
@@ -311,10 +346,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "tokens": args.tokens,
         "threads": args.threads,
         "kept_from": "BBC News, all 2,225 articles, SmolLM2 tokenizer",
-        "models": [run_model(m, texts, args) for m in args.models.split(",")],
+        "models": [m for m in kept_before if m["model"] not in names] + models,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
     print(table(results))
     return results
 

@@ -36,6 +36,11 @@ COVERED = [
     "The film won three awards at the ceremony in London, including best actor.",
     "Mobile phone makers expect sales to rise next year as prices fall.\nAnalysts agree.",
 ]
+# SmolLM2's chat prompt (its special tokens and roles are kept with the texts above).
+CHAT = (
+    "<|im_start|>user\nWhat did the government say about the economy?<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
 
 
 def _llama():
@@ -44,7 +49,9 @@ def _llama():
 
 def _load(path: Path, **kw):
     llama_cpp = _llama()
-    return llama_cpp.Llama(str(path), n_ctx=256, n_threads=2, verbose=False, seed=0, **kw)
+    return llama_cpp.Llama(
+        str(path), n_ctx=256, n_threads=1, n_threads_batch=1, verbose=False, seed=0, **kw
+    )
 
 
 def _fields(path: Path) -> dict:
@@ -255,6 +262,31 @@ def _tiny_model(kind: str, tokenizer):
 
 
 @pytest.fixture(scope="module")
+def small_bpe(bbc_texts):
+    """A small byte-level BPE tokenizer (SmolLM2's pre-tokenizer: single digits, then GPT-2's
+    byte-level split; its special tokens) trained on BBC News: tiny models load and export in
+    a fraction of the time SmolLM2's 49,152 tokens take."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=1200,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(list(bbc_texts["text"][:300]), trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=specials[1], eos_token=specials[2], unk_token=specials[0]
+    )
+
+
+@pytest.fixture(scope="module")
 def kept_texts(bbc_texts):
     return COVERED + list(bbc_texts["text"][:40:4])
 
@@ -294,13 +326,19 @@ def _check_pair(model, full: Path, pruned: Path, kept, ids: list[int]) -> None:
 
 
 @pytest.mark.parametrize("kind", ["llama", "llama-untied", "qwen2", "qwen3", "gemma3"])
-def test_tiny_models_logits_equal_pytorch_and_pruned(tmp_path, kind, smollm2_tokenizer, kept_texts):
-    """Llama (SmolLM2's architecture, tied and untied), Qwen2, Qwen3 and Gemma 3 shapes with
-    SmolLM2's byte-level tokenizer, in llama.cpp against PyTorch, full against pruned."""
+def test_tiny_models_logits_equal_pytorch_and_pruned(tmp_path, kind, small_bpe, kept_texts):
+    """Llama (SmolLM2's architecture, tied and untied), Qwen2, Qwen3 and Gemma 3 shapes with a
+    byte-level tokenizer, in llama.cpp against PyTorch, full against pruned; llama.cpp splits
+    text as the transformers tokenizer does (pre-tokenizer "smollm", named from its structure)."""
     _llama()
-    model = _tiny_model(kind, smollm2_tokenizer)
-    full, pruned, kept = _export_pair(tmp_path, model, smollm2_tokenizer, kept_texts)
-    _check_pair(model, full, pruned, kept, smollm2_tokenizer(COVERED[0])["input_ids"][:20])
+    model = _tiny_model(kind, small_bpe)
+    full, pruned, kept = _export_pair(tmp_path, model, small_bpe, kept_texts)
+    assert kept.size < len(small_bpe)
+    vocab_only = _load(pruned, vocab_only=True)
+    for text in COVERED:
+        got = vocab_only.tokenize(text.encode(), add_bos=False)
+        assert [int(kept.kept_ids[t]) for t in got] == small_bpe(text)["input_ids"]
+    _check_pair(model, full, pruned, kept, small_bpe(COVERED[0])["input_ids"][:20])
 
 
 def test_byte_fallback_gemma3_in_llama_cpp(tmp_path, bbc_texts, kept_texts):
@@ -330,14 +368,14 @@ def test_byte_fallback_gemma3_in_llama_cpp(tmp_path, bbc_texts, kept_texts):
     _check_pair(model, full, pruned, kept, tokenizer(COVERED[2])["input_ids"][:20])
 
 
-def test_q8_0_and_f16_files(tmp_path, smollm2_tokenizer, kept_texts):
+def test_q8_0_and_f16_files(tmp_path, small_bpe):
     """Quantized and half files load and run; their logits stay close to the f32 file's, and the
     2-D weights are stored in the requested type (norms f32)."""
-    model = _tiny_model("llama", smollm2_tokenizer)
+    model = _tiny_model("llama", small_bpe)
     model.save_pretrained(tmp_path / "m")
-    smollm2_tokenizer.save_pretrained(tmp_path / "m")
+    small_bpe.save_pretrained(tmp_path / "m")
     ref = None
-    ids = smollm2_tokenizer(COVERED[1])["input_ids"][:16]
+    ids = small_bpe(COVERED[1])["input_ids"][:16]
     for outtype, tol in (("f32", 0.0), ("f16", 0.02), ("q8_0", 0.1)):
         report = export_gguf(tmp_path / "m", tmp_path / f"{outtype}.gguf", outtype=outtype)
         _fields_, reader = _fields(Path(report["out"]))
@@ -366,51 +404,68 @@ def _has_llama() -> bool:
 
 @pytest.fixture(scope="module")
 def smollm2_files(tmp_path_factory, smollm2_dir, smollm2_tokenizer, kept_texts):
-    """(full f16 GGUF, pruned f16 GGUF, kept vocabulary, standalone folder) of SmolLM2."""
+    """(full f16 GGUF, pruned f16 GGUF, kept vocabulary, standalone folder, their reports)."""
     from transformers import AutoModelForCausalLM
 
     tmp = tmp_path_factory.mktemp("smollm2_gguf")
     model = AutoModelForCausalLM.from_pretrained(smollm2_dir)
-    kept = build_kept_vocab(smollm2_tokenizer, kept_texts, model=model)
+    kept = build_kept_vocab(smollm2_tokenizer, [*kept_texts, CHAT], model=model)
     folder, written, _ = export_pruned(
         model, smollm2_tokenizer, kept, tmp / "pruned", standalone=True
     )
     del model
     full = export_gguf(smollm2_dir, tmp / "full.gguf", outtype="f16")
     pruned = export_gguf(folder, tmp / "pruned.gguf", outtype="f16")
-    return Path(full["out"]), Path(pruned["out"]), written, folder, pruned
+    return Path(full["out"]), Path(pruned["out"]), written, folder, (full, pruned)
 
 
-def test_smollm2_file_contents(smollm2_files, smollm2_dir):
-    """The pruned file's vocabulary is the kept tokens in order, with the original's types, byte
-    symbols, specials renumbered, and merges exactly the rewritten tokenizer's."""
-    full, pruned, kept, folder, report = smollm2_files
+def test_file_contents(tmp_path, small_bpe, kept_texts):
+    """The pruned file's vocabulary is the kept tokens in order, with the full file's types and
+    byte symbols, specials renumbered, merges exactly the rewritten tokenizer's, and the
+    original id of every token."""
+    model = _tiny_model("llama", small_bpe)
+    full, pruned, kept = _export_pair(tmp_path, model, small_bpe, kept_texts)
     f_full, _ = _fields(full)
     f_pruned, reader = _fields(pruned)
     ids = kept.kept_ids
+    assert kept.size < len(small_bpe)
     assert list(f_pruned[KEPT_IDS_KEY]) == ids.tolist()
     assert f_pruned["tokenizer.ggml.tokens"] == [f_full["tokenizer.ggml.tokens"][i] for i in ids]
     assert f_pruned["tokenizer.ggml.token_type"] == [
         f_full["tokenizer.ggml.token_type"][i] for i in ids
     ]
-    assert f_pruned["tokenizer.ggml.pre"] == f_full["tokenizer.ggml.pre"] == "gpt-2"
+    assert f_pruned["tokenizer.ggml.pre"] == f_full["tokenizer.ggml.pre"] == "smollm"
     for key in ("bos", "eos", "unknown", "padding"):
         old = f_full[f"tokenizer.ggml.{key}_token_id"]
         assert f_pruned[f"tokenizer.ggml.{key}_token_id"] == kept.new_id(old)
-    # every byte symbol the original vocabulary has is still there
-    full_tokens = f_full["tokenizer.ggml.tokens"]
     from gguf.vocab import bytes_to_unicode
 
-    assert len(report["bytes_without_symbol"]) == 21  # as the original: never in UTF-8 text
+    full_tokens = set(f_full["tokenizer.ggml.tokens"])
     kept_tokens = set(f_pruned["tokenizer.ggml.tokens"])
-    for symbol in bytes_to_unicode().values():
-        assert (symbol in kept_tokens) == (symbol in full_tokens)
-    rewritten = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    assert all(symbol in kept_tokens for symbol in bytes_to_unicode().values())
+    assert all(symbol in full_tokens for symbol in bytes_to_unicode().values())
+    rewritten = json.loads((tmp_path / "pruned" / "tokenizer.json").read_text(encoding="utf-8"))
     merges = [m if isinstance(m, str) else " ".join(m) for m in rewritten["model"]["merges"]]
     assert f_pruned["tokenizer.ggml.merges"] == merges
     assert len(merges) < len(f_full["tokenizer.ggml.merges"])
     embd = {t.name: t for t in reader.tensors}["token_embd.weight"]
-    assert list(embd.shape) == [576, kept.size]
+    assert list(embd.shape) == [64, kept.size]
+    data = np.asarray(embd.data).reshape(kept.size, 64)
+    weight = model.get_input_embeddings().weight.detach().numpy()
+    np.testing.assert_array_equal(data, weight[ids])  # f32: the kept rows, bit for bit
+
+
+def test_smollm2_report(smollm2_files):
+    """SmolLM2's files: the pre-tokenizer named from its tokenizer.json, the pruned file without
+    a byte symbol the original lacks (21 bytes UTF-8 text never holds, as in the original)."""
+    _full, _pruned, kept, _folder, reports = smollm2_files
+    full, pruned = reports
+    assert full["pre_tokenizer"] == pruned["pre_tokenizer"] == "gpt-2"
+    assert full["bytes_without_symbol"] == pruned["bytes_without_symbol"]
+    assert len(pruned["bytes_without_symbol"]) == 21
+    assert (full["tokens"], pruned["tokens"]) == (49152, kept.size)
+    assert pruned["merges"] < full["merges"] and pruned["kept_ids"] and not full["kept_ids"]
+    assert pruned["bytes"] < full["bytes"]
 
 
 @pytest.mark.slow
@@ -432,13 +487,13 @@ def test_smollm2_tokens_and_greedy_match_original(smollm2_files, smollm2_tokeniz
         got = llms["pruned"].tokenize(text.encode(), add_bos=False)
         assert [int(kept.kept_ids[t]) for t in got] == want
         assert want == smollm2_tokenizer(text)["input_ids"]
-    chat = "<|im_start|>user\nWhat did the government say about the economy?<|im_end|>\n"
-    prompt = llms["full"].tokenize((chat + "<|im_start|>assistant\n").encode(), special=True)
+    prompt = llms["full"].tokenize(CHAT.encode(), add_bos=False, special=True)
+    new_prompt = llms["pruned"].tokenize(CHAT.encode(), add_bos=False, special=True)
+    assert [int(kept.kept_ids[t]) for t in new_prompt] == prompt
     steps = 12
     full_cont = _greedy(llms["full"], prompt, steps)
     covered = next((i for i, t in enumerate(full_cont) if t not in kept), steps)
     assert covered >= 3, "the kept vocabulary should cover the start of the answer"
-    new_prompt = [int(kept.old_to_new[t]) for t in prompt]
     pruned_cont = [int(kept.kept_ids[t]) for t in _greedy(llms["pruned"], new_prompt, steps)]
     assert pruned_cont[:covered] == full_cont[:covered]
 
@@ -474,11 +529,15 @@ def test_minilm_embeddings(tmp_path, minilm_dir, minilm_tokenizer, kept_texts):
         hidden = model(**enc).last_hidden_state
     mask = enc["attention_mask"].unsqueeze(-1).float()
     expected = ((hidden * mask).sum(1) / mask.sum(1)).double().numpy()
-    for path in (Path(full["out"]), Path(pruned["out"])):
+    got = {}
+    for name, path in (("full", Path(full["out"])), ("pruned", Path(pruned["out"]))):
         llm = _load(path, embedding=True)
-        for text, want in zip(texts, expected, strict=True):
-            got = np.array(llm.embed(text, normalize=False), dtype=np.float64)
-            np.testing.assert_allclose(got, want, rtol=0, atol=2e-4)
+        got[name] = np.array([llm.embed(t, normalize=False) for t in texts], dtype=np.float64)
+    # llama.cpp keeps K and V in f16: about 1e-3 from PyTorch's f32; pruned = full exactly
+    np.testing.assert_allclose(got["full"], expected, rtol=0, atol=2e-3)
+    cos = (got["full"] * expected).sum(1) / np.linalg.norm(got["full"], axis=1)
+    assert (cos / np.linalg.norm(expected, axis=1) > 0.99999).all()
+    np.testing.assert_allclose(got["pruned"], got["full"], rtol=0, atol=1e-5)
     pruned_llm = _load(Path(pruned["out"]), vocab_only=True)
     for text in texts:
         ids = pruned_llm.tokenize(text.encode())
@@ -488,7 +547,7 @@ def test_minilm_embeddings(tmp_path, minilm_dir, minilm_tokenizer, kept_texts):
 # -- refusals --------------------------------------------------------------------------------------
 
 
-def test_refusals(tmp_path, smollm2_dir, smollm2_tokenizer, kept_texts):
+def test_refusals(tmp_path, smollm2_dir, small_bpe, kept_texts):
     with pytest.raises(VocabPruneError, match="outtype must be one of f32, f16, q8_0"):
         export_gguf(smollm2_dir, tmp_path / "x.gguf", outtype="q4_0")
     with pytest.raises(VocabPruneError, match="model folder not found"):
@@ -497,19 +556,23 @@ def test_refusals(tmp_path, smollm2_dir, smollm2_tokenizer, kept_texts):
     with pytest.raises(FileExistsError, match="already exists"):
         export_gguf(smollm2_dir, tmp_path / "exists.gguf")
     assert (tmp_path / "exists.gguf").read_bytes() == b"keep"
-    model = _tiny_model("llama", smollm2_tokenizer)
-    kept = build_kept_vocab(smollm2_tokenizer, kept_texts, model=model)
-    folder, _, _ = export_pruned(model, smollm2_tokenizer, kept, tmp_path / "compact")
+    model = _tiny_model("llama", small_bpe)
+    kept = build_kept_vocab(small_bpe, kept_texts, model=model)
+    folder, _, _ = export_pruned(model, small_bpe, kept, tmp_path / "compact")
     with pytest.raises(VocabPruneError, match="compact export.*--standalone"):
         export_gguf(folder, tmp_path / "c.gguf")
     odd = tmp_path / "odd"
     model.save_pretrained(odd)
-    smollm2_tokenizer.save_pretrained(odd)
+    small_bpe.save_pretrained(odd)
     config = json.loads((odd / "config.json").read_text())
     (odd / "config.json").write_text(json.dumps({**config, "architectures": ["GPT2LMHeadModel"]}))
     with pytest.raises(UnsupportedModelError, match="does not support GPT2LMHeadModel"):
         export_gguf(odd, tmp_path / "odd.gguf")
+    qwen_swa = {**config, "architectures": ["Qwen2ForCausalLM"], "use_sliding_window": True}
+    (odd / "config.json").write_text(json.dumps(qwen_swa))
+    with pytest.raises(UnsupportedModelError, match="no sliding-window attention"):
+        export_gguf(odd, tmp_path / "odd.gguf")
     (odd / "config.json").write_text(json.dumps({**config, "vocab_size": 100}))
-    with pytest.raises(VocabPruneError, match="vocab_size 100 but the tokenizer has 49152"):
+    with pytest.raises(VocabPruneError, match="vocab_size 100 but the tokenizer has 1200"):
         export_gguf(odd, tmp_path / "odd.gguf")
     assert not list(tmp_path.glob("*.gguf*tmp*")) and not list(tmp_path.glob(".*tmp*"))

@@ -322,9 +322,12 @@ def _gemma3_params(writer: Any, config: dict[str, Any]) -> None:
     if config.get("final_logit_softcapping"):
         writer.add_final_logit_softcapping(float(config["final_logit_softcapping"]))
     layer_types = config.get("layer_types")
-    if config.get("sliding_window") and layer_types:
+    if config.get("sliding_window"):
         writer.add_sliding_window(int(config["sliding_window"]))
-        writer.add_sliding_window_pattern([t == "sliding_attention" for t in layer_types])
+        if layer_types:
+            writer.add_sliding_window_pattern([t == "sliding_attention" for t in layer_types])
+        else:  # older configs: every n-th layer is global
+            writer.add_sliding_window_pattern(int(config.get("sliding_window_pattern", 6)))
         swa = _rope(config, "sliding_attention")
         if "rope_theta" in swa:
             writer.add_rope_freq_base_swa(float(swa["rope_theta"]))
@@ -396,10 +399,16 @@ class Arch:
     causal: bool = True
 
 
+def _qwen_params(writer: Any, config: dict[str, Any]) -> None:
+    if config.get("use_sliding_window"):
+        raise UnsupportedModelError("llama.cpp's Qwen2 and Qwen3 have no sliding-window attention")
+    _decoder_params(writer, config)
+
+
 ARCHES: dict[str, Arch] = {
     "LlamaForCausalLM": Arch("LLAMA", _llama_params, _llama_tensor),
-    "Qwen2ForCausalLM": Arch("QWEN2", _decoder_params),
-    "Qwen3ForCausalLM": Arch("QWEN3", _decoder_params),
+    "Qwen2ForCausalLM": Arch("QWEN2", _qwen_params),
+    "Qwen3ForCausalLM": Arch("QWEN3", _qwen_params),
     "Gemma3ForCausalLM": Arch("GEMMA3", _gemma3_params, _gemma3_tensor),
     "BertModel": Arch("BERT", _bert_params, causal=False),
 }
