@@ -7,7 +7,7 @@ these rules (`check_target`, applied before the work and again at the final rena
 - an input of the run (`output_rules(inputs=...)`) is never an output, nor a folder holding one;
 - a symbolic link is refused, never replaced;
 - an existing output is replaced only with overwrite, and then only when vocabprune wrote it (a
-  folder holding a `vocabprune*.json` manifest or marker, or empty; a file naming vocabprune);
+  folder holding a `vocabprune*.json` manifest or marker, or empty; a file with its mark);
 - the final rename never replaces an output that appeared while the run worked: of two runs
   writing one path, one wins and the other fails naming it;
 - a temporary carries a lock file its writer holds (flock) with the writer's host, PID namespace
@@ -88,10 +88,20 @@ def _marked(folder: Path) -> bool:
     return any(p.is_file() for p in folder.glob("vocabprune*.json"))
 
 
+# What a file vocabprune wrote holds near one end: the "format" of its JSON files and of the
+# safetensors counts header ("vocabprune.kept_vocab", ...), a plot's creator (PNG, PDF, SVG).
+_FILE_MARKS = (
+    b'"vocabprune.',
+    b"Software\x00vocabprune",
+    b"/Creator (vocabprune)",
+    b"<dc:title>vocabprune</dc:title>",
+)
+
+
 def is_ours(path: Path) -> bool:
     """Whether replacing `path` loses nothing but a vocabprune output: an empty folder, a folder
-    holding a vocabprune manifest, a file naming vocabprune near its start or end (kept
-    vocabularies, counts, plots), or a .npy whose sidecar is one."""
+    holding a vocabprune manifest, a file with vocabprune's mark near its start or end (kept
+    vocabularies, counts, plots: _FILE_MARKS), or a .npy whose sidecar is one."""
     if path.is_dir():
         return _marked(path) or not any(path.iterdir())
     if path.suffix == ".npy":
@@ -104,11 +114,12 @@ def is_ours(path: Path) -> bool:
             tail = f.read(_SCAN)
     except OSError:
         return False
-    return b"vocabprune" in head or b"vocabprune" in tail
+    return any(mark in head or mark in tail for mark in _FILE_MARKS)
 
 
 def _first_foreign(folder: Path) -> Path:
-    for path in sorted(folder.rglob("*")):
+    """A file in `folder` to name (lazily: the folder may be a home directory)."""
+    for path in folder.rglob("*"):
         if path.is_file() or path.is_symlink():
             return path
     return folder
@@ -309,11 +320,6 @@ def clean_stale(folder: str | os.PathLike[str]) -> list[Path]:
         finally:
             os.close(fd)
     return removed
-
-
-def tmp_prefix(name: str) -> str:
-    """The tag every temporary's name carries (for tests and listings)."""
-    return f".{name[:_NAME_KEEP]}.{TMP_TAG}-"
 
 
 @contextlib.contextmanager
