@@ -307,31 +307,11 @@ def test_refused_options(tmp_path, capsys, argv, message):
     assert not out.exists()
 
 
-def test_gguf_option_hands_the_standalone_folder_to_the_gguf_writer(
-    tmp_path, capsys, monkeypatch, bbc_texts
-):
-    """The contract with vocabprune.deploy.gguf (written elsewhere): export_gguf(folder, out, *,
-    quantize, overwrite) gets a finished standalone folder and writes --out; the scratch
-    folder is gone after. A stand-in writer records what it was given."""
-    import importlib.machinery
-    import sys
-    import types
-
-    seen = {}
-
-    def export_gguf(folder, out, *, quantize, overwrite):
-        folder = type(tmp_path)(folder)
-        seen.update(
-            files=sorted(p.name for p in folder.iterdir()), quantize=quantize, overwrite=overwrite
-        )
-        type(tmp_path)(out).write_bytes(b"GGUF")
-        return {"file": str(out)}
-
-    name = "vocabprune.deploy.gguf"
-    module = types.ModuleType(name)
-    module.__spec__ = importlib.machinery.ModuleSpec(name, None)
-    module.export_gguf = export_gguf
-    monkeypatch.setitem(sys.modules, name, module)
+def test_gguf_option_writes_one_gguf_file_from_the_standalone_export(tmp_path, capsys, bbc_texts):
+    """--format gguf: the standalone export (in a scratch folder, gone after) written by the GGUF
+    writer as the one file --out, in the tensor type --quantize names; llama.cpp's own tests are
+    in tests/test_gguf.py."""
+    gguf = pytest.importorskip("gguf")
     data = tmp_path / "data.txt"
     data.write_text("\n".join(_texts(bbc_texts, 600)), encoding="utf-8")
     out = tmp_path / "model.gguf"
@@ -339,18 +319,27 @@ def test_gguf_option_hands_the_standalone_folder_to_the_gguf_writer(
     code, stdout, stderr = _run_cli(capsys, *argv, "--quantize", "q8_0", "--json")
     assert code == 0, stderr
     report = json.loads(stdout[stdout.index("{") :])
-    assert out.read_bytes() == b"GGUF" and report["gguf"] == {"file": str(out)}
-    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(seen["files"])
-    assert seen["quantize"] == "q8_0" and seen["overwrite"] is False
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.txt", "model.gguf"]
+    reader = gguf.GGUFReader(str(out))
+    tokens = reader.fields["tokenizer.ggml.tokens"]
+    assert len(tokens.data) == report["kept_tokens"]
+    summary = report["gguf"]
+    assert summary["out"] == str(out) and summary["outtype"] == "q8_0"
+    assert summary["tokens"] == report["kept_tokens"] and summary["kept_ids"] is True
+    assert summary["bytes"] == out.stat().st_size
+    types = {t.tensor_type.name for t in reader.tensors if len(t.shape) == 2}
+    assert "Q8_0" in types
 
 
-def test_gguf_option_dispatches_or_says_unavailable(tmp_path, capsys):
-    from vocabprune.cli.options import gguf_available
+@pytest.mark.parametrize("value", ["int8", "q4_0"])
+def test_gguf_quantize_names_a_gguf_type(tmp_path, capsys, value):
+    argv = ["prune", "--out", str(tmp_path / "x.gguf"), "--standalone", "--format", "gguf"]
+    code, _, stderr = _run_cli(capsys, *argv, "--quantize", value)
+    assert code == 2 and "--quantize for gguf must be one of f32, f16, q8_0" in stderr
 
-    if gguf_available():
-        pytest.skip("the GGUF writer is installed: its own tests cover --format gguf")
-    code, _, stderr = _run_cli(
-        capsys, "prune", "--out", str(tmp_path / "x"), "--standalone", "--format", "gguf"
-    )
-    assert code == 2 and "--format gguf is unavailable" in stderr
+
+def test_gguf_types_of_the_cli_are_the_writers():
+    from vocabprune.cli.options import GGUF_TYPES
+    from vocabprune.deploy.gguf import OUTTYPES
+
+    assert GGUF_TYPES == OUTTYPES

@@ -21,6 +21,9 @@ UNKNOWN_POLICIES = ("error", "unk", "grow")
 # the kept ids only (prune(output="frozen") / prune(output="prune")).
 LM_HEADS = ("frozen", "restricted")
 EXPORT_FORMATS = ("hf", "onnx", "gguf")
+# GGUF tensor types of deploy/gguf.py's writer (its OUTTYPES; f16 unless --quantize names one),
+# here so that a wrong value fails before the heavy imports.
+GGUF_TYPES = ("f32", "f16", "q8_0")
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 MAX_SEED = 2**32 - 1
 
@@ -296,16 +299,23 @@ class PruneOptions(DataOptions):
                 "--standalone"
             )
         if self.format == "gguf" and not gguf_available():
-            raise OptionError("--format gguf is unavailable: this vocabprune has no GGUF writer")
+            raise OptionError(
+                "--format gguf needs the gguf package: pip install 'vocabprune[gguf]'"
+            )
         if self.quantize is not None:
             if self.format == "hf":
                 raise OptionError("--quantize needs --format onnx or gguf")
             if self.format == "onnx" and self.quantize != "int8":
                 raise OptionError(f"--quantize for onnx must be int8, not {self.quantize!r}")
+            if self.format == "gguf" and self.quantize not in GGUF_TYPES:
+                raise OptionError(
+                    f"--quantize for gguf must be one of {', '.join(GGUF_TYPES)}, "
+                    f"not {self.quantize!r}"
+                )
 
 
 def gguf_available() -> bool:
-    """Whether the GGUF writer (vocabprune.deploy.gguf) is part of this install."""
+    """Whether the GGUF writer can run: it needs the `gguf` package (the [gguf] extra)."""
     import importlib.util
 
-    return importlib.util.find_spec("vocabprune.deploy.gguf") is not None
+    return importlib.util.find_spec("gguf") is not None

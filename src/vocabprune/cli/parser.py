@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 from vocabprune.cli.options import (
     DEFAULT_MAX_LENGTH,
     EXPORT_FORMATS,
+    GGUF_TYPES,
     LM_HEADS,
     TASKS,
     UNKNOWN_POLICIES,
@@ -237,14 +238,15 @@ def _add_prune(sub: Any) -> None:
         choices=EXPORT_FORMATS,
         default="hf",
         help="with --standalone: hf (safetensors folder), onnx (onnx/model.onnx for ONNX "
-        "Runtime, optimum, transformers.js) or gguf (llama.cpp"
-        + ("" if gguf_available() else "; unavailable in this install")
+        "Runtime, optimum, transformers.js) or gguf (one .gguf file --out for llama.cpp"
+        + ("" if gguf_available() else "; needs pip install 'vocabprune[gguf]'")
         + ")",
     )
     pr.add_argument(
         "--quantize",
         metavar="TYPE",
-        help="quantized copy: onnx: int8 (dynamic, onnx/model_quantized.onnx); gguf: a GGUF type",
+        help="onnx: int8 (a dynamic int8 copy, onnx/model_quantized.onnx); gguf: the tensor "
+        f"type, one of {', '.join(GGUF_TYPES)} (default f16)",
     )
     pr.add_argument(
         "--probe",

@@ -296,17 +296,16 @@ def _export_gguf(
     export: dict[str, Any],
     verify: Callable[[Path], dict[str, Any]],
 ) -> tuple[Path, KeptVocab, dict[str, Any]]:
-    """--format gguf: the standalone folder in a scratch dir, handed to the GGUF writer, which
-    writes `--out` (a contract with vocabprune.deploy.gguf: export_gguf(folder, out, *,
-    quantize, overwrite) -> dict)."""
+    """--format gguf: the standalone folder in a scratch dir, handed to the GGUF writer
+    (deploy/gguf.py), which writes `--out` as one file (f16 unless --quantize names a type)."""
     from vocabprune.core.files import scratch_dir
-    from vocabprune.deploy.gguf import export_gguf  # type: ignore[import-not-found]
+    from vocabprune.deploy.gguf import export_gguf
 
     with scratch_dir(opts.out, "standalone") as tmp:
         folder, written, checked = export_pruned(
             model, tokenizer, kept, tmp / "model", verify=verify, **export
         )
         checked["gguf"] = export_gguf(
-            folder, opts.out, quantize=opts.quantize, overwrite=opts.overwrite
+            folder, opts.out, outtype=opts.quantize or "f16", overwrite=opts.overwrite
         )
     return Path(opts.out), written, checked
