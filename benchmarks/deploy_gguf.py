@@ -301,7 +301,8 @@ def table(results: dict[str, Any]) -> str:
                 g1, g8 = m["greedy_b1"], m["greedy_b8"]
                 same = (
                     f"{g1['sequences_equal'] + g8['sequences_equal']}/"
-                    f"{g1['sequences'] + g8['sequences']} sequences"
+                    f"{g1['sequences'] + g8['sequences']} sequences, "
+                    f"{g1['tokens_compared'] + g8['tokens_compared']} tokens"
                 )
 
             def fmt(x: Any, spec: str) -> str:

@@ -391,6 +391,31 @@ def test_q8_0_and_f16_files(tmp_path, small_bpe):
         assert np.abs(logits - ref).max() <= tol * scale
 
 
+def test_spare_rows_and_vocab_only(tmp_path, small_bpe):
+    """A full model with more embedding rows than tokens (as Qwen and Gemma checkpoints have)
+    gets unused "[PAD<id>]" tokens for them; a vocab-only file has no tensors and tokenizes as
+    the tokenizer does."""
+    import torch
+    import transformers
+
+    config = _tiny_config("qwen2", len(small_bpe) + 8)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(tmp_path / "m")
+    small_bpe.save_pretrained(tmp_path / "m")
+    report = export_gguf(tmp_path / "m", tmp_path / "m.gguf")
+    assert report["tokens"] == len(small_bpe) + 8
+    fields, reader = _fields(tmp_path / "m.gguf")
+    assert fields["tokenizer.ggml.tokens"][-1] == f"[PAD{len(small_bpe) + 7}]"
+    assert fields["tokenizer.ggml.token_type"][-1] == gguf.TokenType.UNUSED
+    vocab = export_gguf(tmp_path / "m", tmp_path / "v.gguf", vocab_only=True)
+    assert vocab["tensors"] == 0 and not gguf.GGUFReader(tmp_path / "v.gguf").tensors
+    if _has_llama():
+        llm = _load(tmp_path / "v.gguf", vocab_only=True)
+        for text in COVERED:
+            assert llm.tokenize(text.encode(), add_bos=False) == small_bpe(text)["input_ids"]
+
+
 def _has_llama() -> bool:
     try:
         import llama_cpp  # noqa: F401

@@ -280,7 +280,7 @@ def _head_dim(config: dict[str, Any]) -> int:
     return int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
 
 
-def _decoder_params(writer: Any, config: dict[str, Any]) -> None:
+def _decoder_params(writer: Any, config: dict[str, Any], folder: Path | None = None) -> None:
     """Hyperparameters every decoder here shares (llama.cpp's keys under the arch's name)."""
     writer.add_block_count(config["num_hidden_layers"])
     writer.add_context_length(config.get("max_position_embeddings", 2048))
@@ -303,13 +303,13 @@ def _decoder_params(writer: Any, config: dict[str, Any]) -> None:
         raise UnsupportedModelError(f"GGUF export does not write {rope_type!r} rope scaling")
 
 
-def _llama_params(writer: Any, config: dict[str, Any]) -> None:
+def _llama_params(writer: Any, config: dict[str, Any], folder: Path) -> None:
     _decoder_params(writer, config)
     writer.add_vocab_size(config["vocab_size"])
     writer.add_rope_dimension_count(_head_dim(config))
 
 
-def _gemma3_params(writer: Any, config: dict[str, Any]) -> None:
+def _gemma3_params(writer: Any, config: dict[str, Any], folder: Path) -> None:
     head_dim = _head_dim(config)
     if config.get("query_pre_attn_scalar", head_dim) != head_dim:
         raise UnsupportedModelError(
@@ -394,12 +394,12 @@ class Arch:
     """How one transformers architecture becomes a llama.cpp one."""
 
     gguf_arch: str  # a gguf.MODEL_ARCH member name
-    params: Callable[..., None]
+    params: Callable[[Any, dict[str, Any], Path], None]  # (writer, config, folder)
     tensor: Callable[[str, np.ndarray, dict[str, Any]], np.ndarray] = _same
     causal: bool = True
 
 
-def _qwen_params(writer: Any, config: dict[str, Any]) -> None:
+def _qwen_params(writer: Any, config: dict[str, Any], folder: Path) -> None:
     if config.get("use_sliding_window"):
         raise UnsupportedModelError("llama.cpp's Qwen2 and Qwen3 have no sliding-window attention")
     _decoder_params(writer, config)
@@ -525,6 +525,18 @@ def _read_source(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return config, data
 
 
+def _pad(vocab: GGUFVocab, rows: int) -> None:
+    """Tokens for embedding rows beyond the tokenizer ("[PAD<id>]", unused), as llama.cpp's
+    converter writes them."""
+    import gguf
+
+    extra = range(len(vocab.tokens), rows)
+    vocab.tokens.extend(f"[PAD{i}]" for i in extra)
+    vocab.types.extend(int(gguf.TokenType.UNUSED) for _ in extra)
+    if vocab.scores is not None:
+        vocab.scores.extend(-1e9 for _ in extra)
+
+
 def _kept_ids(folder: Path, n_vocab: int) -> tuple[list[int], int] | None:
     """(new -> old ids, original vocabulary size) of a pruned export, from its kept_vocab.json."""
     path = folder / DEFAULT_FILENAME
@@ -567,13 +579,16 @@ def export_gguf(
     config = config.get("text_config", config) if "hidden_size" not in config else config
     hf_arch, arch = _arch(config)
     vocab = gguf_vocab(data, pre=pre)
+    kept = _kept_ids(folder, len(vocab.tokens))
+    rows = int(config.get("vocab_size", len(vocab.tokens)))
+    if rows > len(vocab.tokens) and kept is None:
+        _pad(vocab, rows)  # a full model's spare rows (Qwen, Gemma checkpoints have some)
     n_vocab = len(vocab.tokens)
-    if int(config.get("vocab_size", n_vocab)) != n_vocab:
+    if rows != n_vocab:
         raise VocabPruneError(
             f"{folder}: config vocab_size {config.get('vocab_size')} but the tokenizer has "
             f"{n_vocab} tokens (export the standalone model, whose tokenizer is rewritten)"
         )
-    kept = _kept_ids(folder, n_vocab)
     arch_name = gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, arch.gguf_arch)]
     with atomic_file(target) as tmp:
         writer = gguf.GGUFWriter(str(tmp), arch_name)
@@ -581,10 +596,7 @@ def export_gguf(
             writer.add_type(gguf.GGUFType.MODEL)
             writer.add_name(name or str(config.get("_name_or_path") or folder.name))
             writer.add_file_type(_file_type(outtype))
-            if arch.gguf_arch == "BERT":
-                arch.params(writer, config, folder)
-            else:
-                arch.params(writer, config)
+            arch.params(writer, config, folder)
             writer.add_tokenizer_model(vocab.model)
             writer.add_tokenizer_pre(vocab.pre)
             writer.add_token_list(vocab.tokens)
