@@ -27,14 +27,15 @@ def _is_config(value: Any) -> bool:
 
 def config_tree(model: Any, rows: int | None = None) -> Iterator[Any]:
     """The model's config, every sub-config reachable from it (each once), and its generation
-    config. With `rows` (the input embedding's), a sub-config whose own vocab_size differs
-    describes another vocabulary (bert2gpt2's decoder) and is left out, with what is below it."""
+    config (the model's own two may be any object with attributes; sub-configs are configs).
+    With `rows` (the input embedding's), a sub-config whose own vocab_size differs describes
+    another vocabulary (bert2gpt2's decoder) and is left out, with what is below it."""
     root = getattr(model, "config", None)
     seen: set[int] = set()
     stack = [root]
     while stack:
         cfg = stack.pop()
-        if not _is_config(cfg) or id(cfg) in seen:
+        if id(cfg) in seen or not (_is_config(cfg) or (cfg is root and hasattr(cfg, "__dict__"))):
             continue
         seen.add(id(cfg))
         size = getattr(cfg, "vocab_size", None)
@@ -47,7 +48,7 @@ def config_tree(model: Any, rows: int | None = None) -> Iterator[Any]:
             elif isinstance(value, (list, tuple)):
                 stack.extend(v for v in value[::-1] if _is_config(v))
     gen = getattr(model, "generation_config", None)
-    if _is_config(gen) and id(gen) not in seen:
+    if hasattr(gen, "__dict__") and id(gen) not in seen:
         yield gen
 
 
