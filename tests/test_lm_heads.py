@@ -542,7 +542,10 @@ def test_generate_refuses_ids_outside_the_kept_vocabulary(ids):
     with pytest.raises(VocabPruneError, match="not in the kept vocabulary"):
         vp.generate(lm.model, torch.tensor([[outside]]), max_new_tokens=2)
     if ids == "original":
-        with pytest.raises(VocabPruneError, match=f"token id {outside} is not in the kept"):
+        with pytest.raises(
+            VocabPruneError,
+            match=f"token id {outside} in example 0 of the batch, position 0, is not in the kept",
+        ):
             lm.model.generate(input_ids=torch.tensor([[outside]]), max_new_tokens=2)
     else:
         with pytest.raises(VocabPruneError, match="eos_token_id"):

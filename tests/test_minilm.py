@@ -205,7 +205,7 @@ def test_unknown_tokens_error_names_token_or_map_to_unk(minilm_dir, minilm_token
         want = model(**as_unk).logits
     # The model reads tokenizer ids: an unseen one is an error naming it (the tokenizer is found
     # beside the model), and the model is left as it was; unknown="unk" reads it as [UNK].
-    named = "'rose' \\(id 3123\\) is not in the kept"
+    named = "'rose' \\(id 3123\\) in example 0 of the batch, position 2, is not in the kept"
     with vp.pruned(model, kept), pytest.raises(vp.UnknownTokenError, match=named):
         model(**base(feats))
     with vp.pruned(model, kept, unknown="unk"), torch.no_grad():

@@ -199,6 +199,8 @@ def check_covered(model: Any, *sources: Any, tokenizer: Any = None) -> None:
     kept = state.kept
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a SentenceTransformer's own
     for source in sources:
+        if source is None:  # a run without evaluation: `VocabPruneCallback(eval_set)` with None
+            continue
         rows = _ids_of(source, tokenizer)
         counts = count_token_ids(list(rows), kept.vocab_size, source="evaluation data")
         missing = np.flatnonzero((counts > 0) & (kept.old_to_new < 0))
@@ -218,7 +220,8 @@ class VocabPruneCallback(TrainerCallback):
     checkpoint (see `check_resume`). Harmless on an unpruned model (it records that).
 
     `check`: the evaluation data sets (tokenized rows or texts) and sentence-transformers
-    evaluators the run will use; when training starts, the kept vocabulary must cover them."""
+    evaluators the run will use; when training starts, the kept vocabulary must cover them
+    (None stands for none, as a Trainer's eval_dataset may be)."""
 
     def __init__(self, *check: Any) -> None:
         self.check = check
