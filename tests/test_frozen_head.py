@@ -13,39 +13,26 @@ import copy
 import numpy as np
 import pytest
 import torch
+from test_chunked import V, _config
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoModelForSeq2SeqLM,
     BertConfig,
-    Gemma2Config,
-    LlamaConfig,
     T5Config,
 )
 
 import vocabprune as vp
 from vocabprune.train.tiled_ce import tiled_cross_entropy
 
-V = 400
 TEXT = np.arange(10, V, 3)  # the ids the data uses
 
 
 def _causal(name: str) -> torch.nn.Module:
-    common = dict(
-        vocab_size=V,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        pad_token_id=0,
-    )
-    if name == "gemma2":  # tied, soft-capped logits
-        config = Gemma2Config(**common, head_dim=8, final_logit_softcapping=3.0)
-    else:
-        config = LlamaConfig(**common, tie_word_embeddings=name == "tied")
+    """A tiny causal LM: "tied" / "untied" Llama, or "gemma2" (tied, soft-capped logits); the
+    configs of tests/test_chunked.py."""
     torch.manual_seed(0)
+    config = _config({"tied": "llama", "untied": "llama-untied"}.get(name, name))
     return AutoModelForCausalLM.from_config(config)
 
 
