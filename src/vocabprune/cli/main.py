@@ -242,6 +242,8 @@ class Interrupted(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
+    _RECEIVED.clear()  # a signal that ended an earlier main() in this process is not this run's
+
     def handler(signum: int, frame: Any) -> None:
         _RECEIVED.append(signum)
         raise Interrupted(signum)
