@@ -65,13 +65,17 @@ def child(method: str, tokens: int) -> dict:
     elif method == "restricted":
         loss = torch.nn.functional.cross_entropy(hidden @ weight.t(), position[labels])
     elif method == "restricted_tiled":
-        nll = tiled_cross_entropy(hidden, weight, None, position[labels], tile=tile)
+        nll = tiled_cross_entropy(
+            hidden, weight, None, position[labels], tile=tile, upstream=1.0 / tokens
+        )
         loss = nll.mean()
     elif method == "frozen":
         both = torch.cat([hidden @ weight.t(), hidden @ frozen.t()], dim=-1)
         loss = torch.nn.functional.cross_entropy(both.index_select(-1, order), labels)
     else:
-        nll = tiled_cross_entropy(hidden, weight, None, position[labels], tile=tile, frozen=frozen)
+        nll = tiled_cross_entropy(
+            hidden, weight, None, position[labels], tile=tile, frozen=frozen, upstream=1.0 / tokens
+        )
         loss = nll.mean()
     loss.backward()
     seconds = time.perf_counter() - t0

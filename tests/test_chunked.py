@@ -221,6 +221,41 @@ def test_tiled_kernel_equals_cross_entropy(tokens, columns, tile, ignored, seed)
     assert torch.allclose(w1.grad, w2.grad, atol=1e-5)
 
 
+@pytest.mark.parametrize("frozen", [False, True])
+@pytest.mark.parametrize("upstream", ["mean", "one", None])
+@pytest.mark.parametrize("reduction", ["mean", "sum_times_3", "weighted"])
+def test_gradients_from_the_forward_pass_or_recomputed(frozen, upstream, reduction):
+    # `upstream` says which gradient each token is assumed to get; the gradients computed in
+    # the forward pass are used (scaled) when the reduction gives every token one value, and
+    # recomputed otherwise: both equal autograd's through the whole logits, in float64.
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(13, 5, dtype=torch.float64, generator=g)
+    weight = torch.randn(6, 5, dtype=torch.float64, generator=g)
+    rest = torch.randn(4, 5, dtype=torch.float64, generator=g) if frozen else None
+    columns = 10 if frozen else 6
+    targets = torch.randint(0, columns, (13,), generator=g)
+    targets[[2, 7]] = -100
+    count = int((targets != -100).sum())
+    assumed = {"mean": 1.0 / count, "one": 1.0, None: None}[upstream]
+    weights = torch.rand(13, dtype=torch.float64, generator=g)
+
+    def reduce(nll):
+        if reduction == "mean":
+            return nll.sum() / count
+        return nll.sum() * 3 if reduction == "sum_times_3" else (nll * weights).sum()
+
+    h1, w1 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    h2, w2 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    nll = tiled_cross_entropy(h1, w1, None, targets, tile=4, frozen=rest, upstream=assumed)
+    reduce(nll).backward()
+    full = w2 if rest is None else torch.cat([w2, rest])
+    want = torch.nn.functional.cross_entropy(h2 @ full.t(), targets, reduction="none")
+    reduce(want).backward()
+    assert torch.allclose(nll, want, rtol=0, atol=1e-12)
+    assert torch.allclose(h1.grad, h2.grad, rtol=0, atol=1e-12)
+    assert torch.allclose(w1.grad, w2.grad, rtol=0, atol=1e-12)
+
+
 def test_heads_it_cannot_tile_are_refused():
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_config(_config("llama"))

@@ -219,11 +219,16 @@ def _tiled_forward(
         targets = torch.where(targets == IGNORE, IGNORE, order[targets.clamp(min=0)])
     flat = hidden.to(weight.device).reshape(-1, hidden.shape[-1])
     math = {"tile": tile, "scale": head[0], "softcap": head[1], **extra}
-    nll = tiled_cross_entropy(flat, weight, bias, targets, **math)
     if items is None:  # the mean over labelled tokens (0/0 is NaN, as in cross_entropy)
-        loss = nll.sum() / (targets != IGNORE).sum()
-    else:
-        loss = nll.sum() / (items.to(nll.device) if torch.is_tensor(items) else items)
+        items = (targets != IGNORE).sum()
+    elif torch.is_tensor(items):
+        items = items.to(targets.device)
+    count = float(items)
+    # each token's gradient is 1/items: computed while the tiles' logits are at hand
+    nll = tiled_cross_entropy(
+        flat, weight, bias, targets, upstream=1.0 / count if count else None, **math
+    )
+    loss = nll.sum() / items
     output = CausalLMOutputWithPast(
         loss=loss, hidden_states=out.hidden_states, attentions=out.attentions
     )
