@@ -3,7 +3,7 @@
 Two files made in /tmp from BBC News text (deleted afterwards):
 - one line of VOCABPRUNE_BENCH_LINE_MB (default 200) MB, and one of
   VOCABPRUNE_BENCH_LINE_FULL_MB (default 200) MB for the untruncated cases (tokenizing 200 MB
-  takes about half an hour on a loaded 2-core machine);
+  took 4 minutes on this 2-core machine at load 4-6; the 1 GB corpus 15-21 minutes a case);
 - a corpus of VOCABPRUNE_BENCH_CORPUS_MB (default 1024) MB, one paragraph a line.
 
 Each case runs in a fresh process (peak RSS = its ru_maxrss), with the packaged MiniLM tokenizer:

@@ -22,7 +22,14 @@ from vocabprune.core.errors import ScanError
 from vocabprune.core.model import embedding_shape, prune_target, wrapper_tokenizer
 from vocabprune.core.vocab import KeptVocab, tokenizer_fingerprint
 from vocabprune.data.counts import Counts, as_counts
-from vocabprune.data.sources import Columns, pick_text_columns, read_table, texts_of
+from vocabprune.data.sources import (
+    Columns,
+    TextLines,
+    check_source,
+    pick_text_columns,
+    read_table,
+    texts_of,
+)
 from vocabprune.data.tasks import task_texts
 
 DEFAULT_BATCH = 1000
@@ -463,13 +470,7 @@ def _count_dataset(
     names = list(dataset.column_names or [])
     if not ("input_ids" in names and not opts.text_column):
         pick_text_columns(names, opts.text_column, source)  # fail early on a missing column
-    total = len(dataset) if hasattr(dataset, "__len__") else None
-    bar = tqdm(
-        total=total,
-        desc=f"scanning {source}",
-        unit="ex",
-        disable=_quiet(opts.progress, total or 0) if total else (opts.progress is False),
-    )
+    bar = _dataset_bar(dataset, source, opts.progress)
     batch_size = opts.batch_size
     if opts.num_proc and opts.num_proc > 1:  # batches big enough to split over the processes
         batch_size = batch_size * opts.num_proc * 4
@@ -477,11 +478,28 @@ def _count_dataset(
         c, n = _count_columns(tokenizer, batch, source, opts, progress=False)
         counts += c
         examples += n
-        bar.update(n)
+        bar.update(dataset.position - bar.n if isinstance(dataset, TextLines) else n)
     bar.close()
     if examples == 0:
         raise ScanError(f"{source} holds no examples")
     return counts, examples
+
+
+def _dataset_bar(dataset: Any, source: str, progress: bool | None) -> Any:
+    """A progress bar in examples, or in bytes read for a text file (its lines are not known
+    before they are read)."""
+    if isinstance(dataset, TextLines):
+        # shown (on a TTY) from the size of about 5,000 lines of 200 bytes, as for examples
+        quiet = _quiet(progress, dataset.nbytes // 200)
+        desc = f"scanning {source}"
+        return tqdm(total=dataset.nbytes, desc=desc, unit="B", unit_scale=True, disable=quiet)
+    total = len(dataset) if hasattr(dataset, "__len__") else None
+    return tqdm(
+        total=total,
+        desc=f"scanning {source}",
+        unit="ex",
+        disable=_quiet(progress, total or 0) if total else (progress is False),
+    )
 
 
 def _iter_batches(dataset: Any, batch_size: int) -> Iterable[Columns]:
@@ -558,7 +576,10 @@ def _named_sources(item: Any) -> Iterator[tuple[str, Any]]:
 
 def _count_source(tokenizer: Any, source: Any, name: str, opts: _Opts) -> tuple[np.ndarray, int]:
     if isinstance(source, (str, os.PathLike)):
-        return _count_columns(tokenizer, read_table(Path(source)), name, opts)
+        path, split = check_source(source)
+        if split is None and path.suffix.lower() == ".txt" and path.is_file():
+            return _count_dataset(tokenizer, TextLines(path), name, opts)  # batches of lines
+        return _count_columns(tokenizer, read_table(source), name, opts)
     if _is_dataset(source):
         return _count_dataset(tokenizer, source, name, opts)
     if isinstance(source, Sequence):

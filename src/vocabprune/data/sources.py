@@ -8,14 +8,17 @@ files whose sub-folder names are labels (the BBC News layout).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from vocabprune.core.errors import ScanError
 
@@ -25,34 +28,163 @@ TEXT_COLUMN_GUESSES = ("text", "sentence", "content", "document", "article", "qu
 LABEL_COLUMN_GUESSES = ("label", "labels", "class", "category", "target")
 
 
-# A text file may hold a few stray control characters; binary data holds many.
+# A text file may hold a few stray control characters; binary data holds many. Controls are C0
+# but for \t \n \v \f \r, DEL and C1 (U+0080-U+009F); counted on the bytes, without decoding:
+# C0 and DEL are single bytes in both encodings, C1 is one byte \x80-\x9f in latin-1 and the
+# pair \xc2 \x80-\x9f in UTF-8 (where a character is a byte that is not \x80-\xbf).
 CONTROL_SHARE = 0.01
-_CONTROL = {c for c in range(32) if chr(c) not in "\t\n\r\f\v"} | set(range(0x7F, 0xA0))
-_DROP_CONTROL = dict.fromkeys(_CONTROL)
+_C0_DEL = bytes([*range(9), *range(14, 32), 0x7F])
+_C1 = bytes(range(0x80, 0xA0))
+_CONTINUATION = bytes(range(0x80, 0xC0))
+READ_CHUNK = 1 << 18  # bytes read at a time when a .txt file is checked and read line by line
+BATCH_CHARS = 1 << 24  # characters a batch of lines holds at most (and at least one line)
+# What str.splitlines() splits at: a chunk ending in one of them ends its last line.
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+
+
+def _deleted(data: bytes, which: bytes) -> int:
+    return len(data) - len(data.translate(None, which))
+
+
+class TextCheck:
+    """Whether a file's bytes, fed chunk by chunk, are text, and in which encoding: UTF-8, or
+    latin-1 for a file that is not valid UTF-8 (one BBC News article is cp1252), decided for the
+    whole file. Not text: NUL bytes (binary data, or UTF-16/32), or control characters in more
+    than CONTROL_SHARE of the characters (binary data, or an encoding other than these)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.utf8 = True
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._last = b""  # the previous chunk's last byte: a \xc2 that starts a C1 pair
+        self._bytes = self._c0 = self._c1_latin1 = self._c1_utf8 = self._continuation = 0
+
+    def update(self, chunk: bytes) -> None:
+        if b"\x00" in chunk:
+            raise ScanError(
+                f"{self.path} is not text (it holds NUL bytes: binary data, or UTF-16/32)"
+            )
+        self._bytes += len(chunk)
+        self._c0 += _deleted(chunk, _C0_DEL)
+        high = _deleted(chunk, _C1)
+        self._c1_latin1 += high
+        if self.utf8:
+            try:
+                self._decoder.decode(chunk)
+            except UnicodeDecodeError:
+                self.utf8 = False
+        if self.utf8:
+            self._continuation += _deleted(chunk, _CONTINUATION)
+            if high and b"\xc2" in self._last + chunk:
+                pairs = np.frombuffer(self._last + chunk, dtype=np.uint8)
+                starts = np.flatnonzero(pairs[:-1] == 0xC2) + 1
+                self._c1_utf8 += int(np.count_nonzero(pairs[starts] < 0xA0))
+        self._last = chunk[-1:] or self._last
+
+    def encoding(self) -> str:
+        """'utf-8' or 'latin-1', once the whole file has been fed; else the error naming it."""
+        if self.utf8:
+            try:
+                self._decoder.decode(b"", final=True)
+            except UnicodeDecodeError:
+                self.utf8 = False
+        if self.utf8:
+            chars, control = self._bytes - self._continuation, self._c0 + self._c1_utf8
+        else:
+            chars, control = self._bytes, self._c0 + self._c1_latin1
+        if control > CONTROL_SHARE * chars:
+            raise ScanError(
+                f"{self.path} is not text ({control:,} control characters in {chars:,}: binary "
+                "data, or an encoding other than UTF-8 and latin-1)"
+            )
+        return "utf-8" if self.utf8 else "latin-1"
+
+
+def _cannot_read(path: Path, exc: OSError) -> ScanError:
+    return ScanError(f"cannot read {path}: {exc.strerror or exc}")
 
 
 def read_text_file(path: Path) -> str:
-    """UTF-8 text, falling back to latin-1 for the files that are not valid UTF-8 (one BBC News
-    article is cp1252). A file that is not text (NUL bytes, or control characters in more than
-    1% of it: binary data, or an encoding other than these) is refused, naming it."""
+    """The whole text of a file checked by TextCheck (UTF-8, else latin-1; binary refused)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ScanError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    if b"\x00" in data:
-        raise ScanError(f"{path} is not text (it holds NUL bytes: binary data, or UTF-16/32)")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        text = data.decode("latin-1")
-    if text:
-        control = len(text) - len(text.translate(_DROP_CONTROL))
-        if control > CONTROL_SHARE * len(text):
-            raise ScanError(
-                f"{path} is not text ({control:,} control characters in {len(text):,}: binary "
-                "data, or an encoding other than UTF-8 and latin-1)"
-            )
-    return text
+        raise _cannot_read(path, exc) from exc
+    check = TextCheck(path)
+    check.update(data)
+    return data.decode(check.encoding())
+
+
+class TextLines:
+    """The non-blank lines of a .txt file (one example each), read in batches: memory for a
+    batch and the longest line, never the whole file. The file is checked (TextCheck) when this
+    is made, before any line is read; the lines are those of str.splitlines() on its whole text.
+
+    Quacks as a dataset of one column, "text" (`iter(batch_size)`), so scanning counts it batch
+    by batch; `position` is the bytes read so far, of `nbytes`."""
+
+    column_names = ["text"]
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        check = TextCheck(path)
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(READ_CHUNK):
+                    check.update(chunk)
+                self.nbytes = f.tell()
+        except OSError as exc:
+            raise _cannot_read(path, exc) from exc
+        self.encoding = check.encoding()
+        self.position = 0
+
+    def lines(self) -> Iterator[str]:
+        """Every non-blank line, in order; a file without one is an error naming it."""
+        decoder = codecs.getincrementaldecoder(self.encoding)()
+        parts: list[str] = []  # the line being read, in pieces (no quadratic joining)
+        found = False
+        self.position = 0
+        try:
+            with open(self.path, "rb") as f:
+                while True:
+                    chunk = f.read(READ_CHUNK)
+                    self.position += len(chunk)
+                    text = decoder.decode(chunk, final=not chunk)
+                    if text:
+                        pieces = text.splitlines()
+                        tail = None if text[-1] in _LINE_BREAKS else pieces.pop()
+                        if pieces:  # at least one line ends in this chunk
+                            pieces[0] = "".join([*parts, pieces[0]])
+                            parts = []
+                            for line in pieces:
+                                if line.strip():
+                                    found = True
+                                    yield line
+                        if tail is not None:
+                            parts.append(tail)
+                    if not chunk:
+                        break
+        except OSError as exc:
+            raise _cannot_read(self.path, exc) from exc
+        last = "".join(parts)
+        if last.strip():
+            found = True
+            yield last
+        if not found:
+            raise ScanError(f"{self.path} holds no examples (empty file)")
+
+    def iter(self, batch_size: int) -> Iterator[Columns]:
+        """Batches {"text": lines} of at most `batch_size` lines and BATCH_CHARS characters."""
+        batch: list[str] = []
+        chars = 0
+        for line in self.lines():
+            if batch and (len(batch) >= batch_size or chars + len(line) > BATCH_CHARS):
+                yield {"text": batch}
+                batch, chars = [], 0
+            batch.append(line)
+            chars += len(line)
+        if batch:
+            yield {"text": batch}
 
 
 def read_labelled_folder(folder: Path) -> Columns:
@@ -217,10 +349,7 @@ def read_table(path: str | os.PathLike[str]) -> Columns:
         return read_labelled_folder(source)
     suffix = source.suffix.lower()
     if suffix == ".txt":
-        lines = [line for line in read_text_file(source).splitlines() if line.strip()]
-        if not lines:
-            raise ScanError(f"{source} holds no examples (empty file)")
-        return {"text": lines}
+        return {"text": list(TextLines(source).lines())}
     if suffix in (".jsonl", ".json"):
         return _read_json(source)
     if suffix in (".csv", ".tsv"):
