@@ -51,6 +51,11 @@ IDS_MODES = ("original", "kept")
 LABEL_KWARGS = ("labels", "shift_labels")
 FUSED_KWARG = "fused_lm_head"  # TRL: score labels from the head weight (kept rows only)
 FUSED_CALL = "fused_call"  # state.extras key: the labels of a fused call in progress
+FROZEN_GENERATE_HINT = (
+    "the frozen head (the default of output='auto') scores every id, so generate() while pruned "
+    "can emit ids outside the kept vocabulary: generate after vocabprune.restore(model), or "
+    "prune with output='prune' to generate over the kept ids"
+)
 
 
 def input_modules(state: PrunedState) -> list[nn.Embedding]:
@@ -91,7 +96,12 @@ def _embedding_remap(state: PrunedState) -> Callable[..., Any]:
         where, ids = _ids_argument(args, kwargs)
         if not isinstance(ids, torch.Tensor):
             return None
-        return _with(args, kwargs, where, remapper.to_new(ids, inputs=True))
+        try:
+            return _with(args, kwargs, where, remapper.to_new(ids, inputs=True))
+        except UnknownTokenError as exc:
+            if not state.frozen_head:
+                raise
+            raise UnknownTokenError(f"{exc} ({FROZEN_GENERATE_HINT})") from None
 
     return hook
 

@@ -63,7 +63,7 @@ def prune(
     """
     target = prune_target(model)
     tokenizer = tokenizer if tokenizer is not None else wrapper_tokenizer(model)
-    surgery = plan(target, kept, output=output, ids=ids)
+    surgery = plan(target, kept, output=output, ids=ids, logits=logits)
     remapper = remapper_for(target, kept, tokenizer, unknown)
     folder = getattr(target, "name_or_path", None)
     prefix = getattr(target, "base_model_prefix", None)

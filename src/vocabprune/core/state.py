@@ -361,7 +361,8 @@ def _copied_tensor(tensor: PrunedTensor, memo: dict[int, Any]) -> PrunedTensor:
         store = MemoryRows(store.full())
     elif not isinstance(store, CheckpointRows):
         store = offload(store.full())  # the original's temporary file goes with the original
-    return PrunedTensor(owners, tensor.axis, tensor.full_size, tensor.is_parameter, store)
+    frozen = None if tensor.frozen is None else tensor.frozen.clone()  # a frozen head's rows
+    return PrunedTensor(owners, tensor.axis, tensor.full_size, tensor.is_parameter, store, frozen)
 
 
 def _copied_change(change: AttrChange, memo: dict[int, Any]) -> AttrChange:
