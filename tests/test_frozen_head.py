@@ -349,3 +349,27 @@ def test_load_pruned_default_reads_the_frozen_rows(tmp_path):
         torch.testing.assert_close(lazy(**batch).logits, eager(**batch).logits, rtol=0, atol=0)
     restricted = vp.load_pruned(AutoModelForCausalLM, tmp_path, kept, output="prune")
     assert not vp.get_state(restricted).frozen_head
+
+
+def test_resume_refuses_a_checkpoint_of_the_other_head(tmp_path):
+    import json
+
+    from vocabprune.train.callback import CHECKPOINT_FILE, check_resume, write_checkpoint_record
+
+    base = _causal("tied")
+    kept = _kept(base)
+    frozen, restricted = copy.deepcopy(base), copy.deepcopy(base)
+    vp.prune(frozen, kept)
+    vp.prune(restricted, kept, output="prune")
+    write_checkpoint_record(frozen, tmp_path)
+    assert check_resume(frozen, tmp_path)["head"] == "frozen"
+    with pytest.raises(vp.MismatchError, match="prune with output='auto'"):
+        check_resume(restricted, tmp_path)
+    write_checkpoint_record(restricted, tmp_path)
+    with pytest.raises(vp.MismatchError, match="prune with output='prune' to resume it"):
+        check_resume(frozen, tmp_path)
+    path = tmp_path / CHECKPOINT_FILE  # a record written before heads were recorded
+    record = json.loads(path.read_text())
+    del record["head"]
+    path.write_text(json.dumps(record))
+    assert check_resume(frozen, tmp_path)["kept_size"] == kept.size

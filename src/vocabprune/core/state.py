@@ -183,6 +183,14 @@ class PrunedState:
             self._index[key] = order.to(dev)  # type: ignore[index]
         return self._index[key]  # type: ignore[index]
 
+    @property
+    def head(self) -> str | None:
+        """The head mode: "frozen" (full softmax), "restricted" (kept ids only), None (none
+        pruned: no head, or output='keep')."""
+        if self.frozen_head:
+            return "frozen"
+        return "restricted" if self.output_pruned else None
+
     def frozen_tensors(self) -> list[PrunedTensor]:
         """The head's weight (and bias) whose dropped rows are frozen, in that order."""
         return [t for t in self.tensors if t.frozen is not None]
