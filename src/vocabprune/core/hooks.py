@@ -202,6 +202,24 @@ def _label_remap(state: PrunedState, model: nn.Module) -> Callable[..., Any]:
     return hook
 
 
+def _label_check(state: PrunedState) -> Callable[..., Any]:
+    """A frozen head's labels stay original ids, but they must be kept ids as its inputs must
+    (the unknown-id policy: an error naming the token, or UNK's id), as under the restricted
+    head: a dropped id's head row is frozen and could never learn it."""
+    remapper = state.remapper
+    assert remapper is not None
+
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not state.active:
+            return None
+        for key in LABEL_KWARGS:
+            if isinstance(kwargs.get(key), torch.Tensor):
+                kwargs[key] = remapper.to_old(remapper.to_new(kwargs[key]))
+        return args, kwargs
+
+    return hook
+
+
 def _logits_of(output: Any) -> tuple[Any, torch.Tensor | None, Any]:
     """(where the logits are, the logits, the loss) of a model output (ModelOutput or tuple)."""
     if isinstance(output, tuple):
@@ -345,6 +363,9 @@ def install(model: nn.Module, state: PrunedState) -> None:
         hook = _embedding_remap(state) if state.ids == "original" else _embedding_check(state)
         state.forward_handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
     if state.frozen_head:
+        state.forward_handles.append(
+            model.register_forward_pre_hook(_label_check(state), with_kwargs=True)
+        )
         for head in head_modules(state):
             state.forward_handles.append(head.register_forward_hook(_frozen_logits(state)))
         state.forward_handles.append(
