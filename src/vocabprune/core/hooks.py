@@ -22,8 +22,11 @@ With `output="frozen"` the head keeps the full softmax: the head module's output
 the original vocabulary with the dropped ids scored by the frozen dropped rows (no gradient; times
 the tracked weight-decay factor, as full fine-tuning would have decayed them), so the model's own
 loss, generate(), pipelines and any loss computed from the logits are those of the full model at
-the same weights. Labels stay original ids. TRL's fused LM head (`fused_lm_head=True`), which
-scores tokens from the head weight alone, is answered from those logits instead.
+the same weights (generate() until it emits an id the pruned input embedding cannot read). Labels
+stay original ids (checked to be kept ids, as inputs are). TRL's fused LM head
+(`fused_lm_head=True`), which scores tokens from the head weight alone, is answered from those
+logits instead. It is the default: prune(output="auto") resolves to it for a vocabulary-sized head
+(core/surgery.py resolve_output).
 
 With `ids="kept"` the model reads ids already remapped by RemapCollator / remap_dataset; its
 embedding only checks they are kept ids, and its logits are the kept columns.
