@@ -120,7 +120,7 @@ def resolve_output(
         warnings.warn(
             "output='auto' with ids='kept' prunes the head to the kept ids (restricted softmax): "
             "the frozen head reads original ids; pass output='prune' to silence this",
-            stacklevel=3,
+            stacklevel=4,  # the caller of prune() / load_pruned()
         )
         return "prune"
     return "prune" if logits == "kept" else "frozen"
