@@ -63,7 +63,7 @@ def _models(shape: benchlib.Shape, folder: Path) -> tuple[dict[str, Any], Any, t
     kept = benchlib.kept_vocab(data, config.vocab_size, config)
     oracle = benchlib.naive_slice(copy.deepcopy(full), kept).eval()
     inplace = copy.deepcopy(full).eval()
-    vp.prune(inplace, kept)
+    vp.prune(inplace, kept, output="prune")  # the restricted head: decodes over kept ids
     full.save_pretrained(folder / "full")
     from transformers import AutoTokenizer
 

@@ -43,7 +43,7 @@ def main(prompts: int = PROMPTS, new_tokens: int = NEW_TOKENS) -> dict:
     full = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).eval()
     small = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).eval()
     kept = vp.build_kept_vocab(tokenizer, texts, model=small, progress=False)
-    vp.prune(small, kept)
+    vp.prune(small, kept, output="prune")  # the restricted head: generates kept ids
 
     step = max(1, len(texts) // prompts)
     chosen = [texts[i * step] for i in range(prompts)]

@@ -65,7 +65,7 @@ def child(method: str, steps: int, batch: int = BATCH, max_length: int = MAX_LEN
         counts = vp.count_token_ids(enc, model.get_input_embeddings().weight.shape[0])
         kept = vp.KeptVocab.from_counts(counts, tokenizer=tokenizer, model=model)
         # The pruned model reads the tokenizer's ids and labels (remapped inside).
-        vp.prune(model, kept)
+        vp.prune(model, kept, output="prune")  # the restricted head (the docstring's)
         kept_size = kept.size
     # One warm-up step (allocator, optimizer states), then the timed ones.
     run = bl.train_steps(model, batches, steps, warmup=1, lr=LR)

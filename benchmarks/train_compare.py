@@ -358,8 +358,10 @@ def _shape_case(case: Case, count: int) -> tuple[list[dict], Any, Any]:
         model = bl.build_model(config, shape.model_class)
         if method == "frozen":
             vp.prune(model, kept, output="frozen")
-        elif method.startswith("pruned"):
-            vp.prune(model, kept, ids="kept" if method == "pruned_kept_ids" else "original")
+        elif method.startswith("pruned"):  # the restricted head, where there is one
+            head = "prune" if model.get_output_embeddings() is not None else "auto"
+            ids = "kept" if method == "pruned_kept_ids" else "original"
+            vp.prune(model, kept, ids=ids, output=head)
         return model
 
     return batches, kept, load
@@ -416,8 +418,9 @@ def _encoder_decoder_case(case: Case, count: int) -> tuple[list[dict], Any, Any]
         if method == "oracle":
             return bl.build_model(oracle_config(), model_class)
         model = bl.build_model(config, model_class)
-        if method.startswith("pruned"):
-            vp.prune(model, kept, ids="kept" if method == "pruned_kept_ids" else "original")
+        if method.startswith("pruned"):  # the restricted head (the oracle's)
+            ids = "kept" if method == "pruned_kept_ids" else "original"
+            vp.prune(model, kept, ids=ids, output="prune")
         return model
 
     return batches, kept, load

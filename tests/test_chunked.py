@@ -61,8 +61,8 @@ def pair(request):
     labels = ids.clone()
     labels[:, :6] = -100
     plain, chunked = copy.deepcopy(base), copy.deepcopy(base)
-    vp.prune(plain, kept)
-    vp.prune(chunked, kept)
+    vp.prune(plain, kept, output="prune")
+    vp.prune(chunked, kept, output="prune")
     vp.chunked_loss(chunked, tile_tokens=16)  # 3 x 39 positions: 8 tiles, the last one short
     return plain, chunked, ids, labels, kept
 

@@ -145,7 +145,7 @@ def test_lookup_and_label_remap_on_device(name, device):
         )
     with torch.no_grad():
         full = model(**inputs).logits
-    vp.prune(model, kept)
+    vp.prune(model, kept, output="prune")  # the restricted head: labels remapped
     with torch.no_grad():  # evaluation: logits spread over the original vocabulary
         spread = model(**inputs).logits
     torch.testing.assert_close(spread[..., columns], full[..., columns], atol=1e-5, rtol=1e-5)

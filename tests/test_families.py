@@ -94,18 +94,23 @@ def head_kind(model) -> str:
 
 
 @pytest.mark.device
+@pytest.mark.parametrize("output", ["auto", "prune"])
 @pytest.mark.parametrize("fam", ENTRIES)
-def test_forward_equals_the_unpruned_model(fam, device):
-    """Hidden states equal; logits equal at the kept columns, impossible elsewhere (on the test
-    device: tests/conftest.py)."""
+def test_forward_equals_the_unpruned_model(fam, output, device):
+    """Hidden states equal; logits: the default (frozen) head's equal everywhere, the restricted
+    head's (output="prune") equal at the kept columns, impossible elsewhere (on the test device:
+    tests/conftest.py)."""
     model = fam.build().to(device)
+    if output == "prune" and head_kind(model) == "none":
+        pytest.skip("no output head: the default prunes the input embedding alone")
     pool = text_pool(fam, 0)
     inputs = {**batch_for(fam, pool, 1, labels=False), **decoder_inputs(fam, pool)}
     inputs = {k: v.to(device) for k, v in inputs.items()}
     with torch.no_grad():
         full = model(**inputs, output_hidden_states=True)
     kept = kept_for(model, fam, pool)
-    vp.prune(model, kept)
+    state = vp.prune(model, kept, output=output)
+    assert state.frozen_head == (output == "auto" and head_kind(model) != "none")
     with torch.no_grad():
         small = model(**inputs, output_hidden_states=True)
     torch.testing.assert_close(hidden(small), hidden(full), rtol=0, atol=1e-6)
@@ -113,6 +118,8 @@ def test_forward_equals_the_unpruned_model(fam, device):
         for key in ("logits", "start_logits", "end_logits"):
             if getattr(full, key, None) is not None:
                 torch.testing.assert_close(getattr(small, key), getattr(full, key))
+    elif state.frozen_head:
+        torch.testing.assert_close(small.logits, full.logits)
     else:
         assert small.logits.shape == full.logits.shape
         cols = torch.as_tensor(kept.kept_ids, device=device)
@@ -377,7 +384,7 @@ def test_tokens_added_before_pruning_are_kept_and_restored():
     batch = batch_for(fam, pool, 16)
     with torch.no_grad():
         want = kept_column_loss(fam, model(**batch).logits, batch["labels"], kept)
-    vp.prune(model, kept)
+    vp.prune(model, kept, output="prune")  # the restricted head: the kept-column loss
     with torch.no_grad():
         assert float(model(**batch).loss) == pytest.approx(float(want), rel=1e-5)
     vp.restore(model)

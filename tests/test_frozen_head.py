@@ -300,3 +300,76 @@ def test_refused_where_it_cannot_apply():
     ).bert  # fmt: skip
     with pytest.raises(vp.UnsupportedModelError, match="no output head to freeze"):
         vp.prune(encoder, _kept(encoder), output="frozen")
+
+
+# -- the default: output="auto" is the frozen head ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["tied", "untied"])
+def test_the_default_is_the_frozen_head(name):
+    base = _causal(name)
+    kept = _kept(base)
+    model = copy.deepcopy(base)
+    state = vp.prune(model, kept)
+    assert state.frozen_head and model.config.vocab_size == V
+    assert (model.lm_head.weight is model.get_input_embeddings().weight) == (name == "tied")
+    batch = _batch()
+    with torch.no_grad():
+        got, want = model(**batch), base(**batch)
+    assert got.logits.shape[-1] == V  # over the whole vocabulary, dropped ids included
+    torch.testing.assert_close(got.logits, want.logits, rtol=0, atol=1e-5)
+    assert abs(float(got.loss - want.loss)) < 1e-5  # the unpruned model's full-softmax loss
+    copied = copy.deepcopy(model)  # a copy keeps its frozen rows
+    with torch.no_grad():
+        torch.testing.assert_close(copied(**batch).logits, got.logits, rtol=0, atol=0)
+    vp.restore(model)
+    assert _state_gap(model, base) == 0
+
+
+def test_auto_keeps_the_restricted_head_for_kept_logits_and_kept_ids():
+    base = _causal("tied")
+    kept = _kept(base)
+    state = vp.prune(copy.deepcopy(base), kept, logits="kept")
+    assert not state.frozen_head and state.output_pruned
+    with pytest.warns(UserWarning, match="output='prune'"):
+        state = vp.prune(copy.deepcopy(base), kept, ids="kept")
+    assert not state.frozen_head and state.output_pruned
+
+
+def test_load_pruned_default_reads_the_frozen_rows(tmp_path):
+    base = _causal("untied")
+    base.save_pretrained(tmp_path)
+    kept = _kept(base)
+    eager = copy.deepcopy(base)
+    vp.prune(eager, kept)
+    lazy = vp.load_pruned(AutoModelForCausalLM, tmp_path, kept)
+    assert vp.get_state(lazy).frozen_head
+    batch = _batch()
+    with torch.no_grad():
+        torch.testing.assert_close(lazy(**batch).logits, eager(**batch).logits, rtol=0, atol=0)
+    restricted = vp.load_pruned(AutoModelForCausalLM, tmp_path, kept, output="prune")
+    assert not vp.get_state(restricted).frozen_head
+
+
+def test_resume_refuses_a_checkpoint_of_the_other_head(tmp_path):
+    import json
+
+    from vocabprune.train.callback import CHECKPOINT_FILE, check_resume, write_checkpoint_record
+
+    base = _causal("tied")
+    kept = _kept(base)
+    frozen, restricted = copy.deepcopy(base), copy.deepcopy(base)
+    vp.prune(frozen, kept)
+    vp.prune(restricted, kept, output="prune")
+    write_checkpoint_record(frozen, tmp_path)
+    assert check_resume(frozen, tmp_path)["head"] == "frozen"
+    with pytest.raises(vp.MismatchError, match="prune with output='auto'"):
+        check_resume(restricted, tmp_path)
+    write_checkpoint_record(restricted, tmp_path)
+    with pytest.raises(vp.MismatchError, match="prune with output='prune' to resume it"):
+        check_resume(frozen, tmp_path)
+    path = tmp_path / CHECKPOINT_FILE  # a record written before heads were recorded
+    record = json.loads(path.read_text())
+    del record["head"]
+    path.write_text(json.dumps(record))
+    assert check_resume(frozen, tmp_path)["kept_size"] == kept.size

@@ -330,7 +330,7 @@ def test_prune_restore_identity(name, ids):
     rows = model.get_input_embeddings().weight.shape[0]
     kept = random_kept(lm, 1)
 
-    vp.prune(model, kept, ids=ids)
+    vp.prune(model, kept, ids=ids, output="prune")
     assert model.get_input_embeddings().weight.shape[0] == kept.size
     out = model.get_output_embeddings()
     assert out.weight.shape[0] == kept.size
@@ -384,7 +384,7 @@ def full_and_pruned_logits(lm: LM, kept: KeptVocab, batch: dict, ids: str = "kep
         )
     with torch.no_grad():
         full = model(**inputs).logits
-    vp.prune(model, kept, ids=ids)
+    vp.prune(model, kept, ids=ids, output="prune")
     with torch.no_grad():
         small = model(**(remap_batch(inputs, model) if ids == "kept" else inputs)).logits
     return full, small
@@ -507,7 +507,7 @@ def test_generate_returns_original_ids(name, ids):
         unrestricted = model.generate(input_ids=prompt, **args)
     assert unrestricted.shape == want.shape
 
-    vp.prune(model, kept, ids=ids)
+    vp.prune(model, kept, ids=ids, output="prune")
     with torch.no_grad():
         got = vp.generate(model, prompt, **args)
         out = vp.generate(model, prompt, return_dict_in_generate=True, output_scores=True, **args)
@@ -537,7 +537,7 @@ def test_generate_returns_original_ids(name, ids):
 def test_generate_refuses_ids_outside_the_kept_vocabulary(ids):
     lm = build("llama")
     kept = random_kept(lm, 1)
-    vp.prune(lm.model, kept, ids=ids)
+    vp.prune(lm.model, kept, ids=ids, output="prune")
     outside = next(i for i in lm.text_ids if i not in kept)
     with pytest.raises(VocabPruneError, match="not in the kept vocabulary"):
         vp.generate(lm.model, torch.tensor([[outside]]), max_new_tokens=2)
@@ -574,7 +574,7 @@ def test_generate_remaps_id_lists_of_the_generation_config(ids):
         want = model.generate(
             input_ids=prompt, bad_words_ids=[[free[1]]], suppress_tokens=[free[0], *banned], **args
         )
-    vp.prune(model, kept, ids=ids)
+    vp.prune(model, kept, ids=ids, output="prune")
     with torch.no_grad():
         got = vp.generate(model, prompt, **args)
     assert torch.equal(got, want)
@@ -713,7 +713,7 @@ def test_padded_vocabulary_generates_text_the_tokenizer_decodes(bbc_texts):
     banned = [i for i in range(rows) if i not in kept]
     with torch.no_grad():
         want = model.generate(**prompt, suppress_tokens=banned, **args)
-    vp.prune(model, kept)
+    vp.prune(model, kept, output="prune")
     assert model.lm_head.weight.shape[0] == kept.size
     with torch.no_grad():
         got = vp.generate(model, **prompt, tokenizer=tokenizer, **args)

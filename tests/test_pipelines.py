@@ -74,12 +74,18 @@ def test_fill_mask_names_the_unpruned_models_tokens_within_the_kept_set(
 
     model = make().eval()
     want, _ = run(model, restrict=True)  # the unpruned model's top 5 among the kept tokens
-    vp.prune(model, kept)
+    unrestricted = run(model, restrict=False)
+    vp.prune(model, kept, output="prune")  # the restricted head names kept tokens only
     got, scores = run(model, restrict=False)
     vp.restore(model)
     assert got == want
     assert all(t in targets for t in got)
     assert all(0 < s <= 1 for s in scores)
+    vp.prune(model, kept)  # the default, frozen head: the unpruned model's answer
+    default = run(model, restrict=False)
+    vp.restore(model)
+    assert default[0] == unrestricted[0]
+    torch.testing.assert_close(default[1], unrestricted[1], rtol=0, atol=1e-6)
 
 
 @pytest.mark.slow

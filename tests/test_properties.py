@@ -317,7 +317,7 @@ DTYPES = st.sampled_from([torch.float32, torch.float16, torch.bfloat16])
     st.booleans(),
     st.booleans(),
     DTYPES,
-    st.sampled_from(["auto", "keep"]),
+    st.sampled_from(["auto", "prune", "keep"]),
     st.sampled_from(["original", "kept"]),
     st.data(),
 )
@@ -353,6 +353,11 @@ def test_prune_restore_identity_on_a_minimal_model(
         assert model.config.vocab_size == vocab
         assert model.head.weight.shape[0] == vocab
         torch.testing.assert_close(small_out, full_out, rtol=0, atol=0)  # same matmul
+    elif vocabprune.get_state(model).frozen_head:  # the default with original ids
+        assert (out, ids_mode) == ("auto", "original")
+        assert model.config.vocab_size == vocab
+        assert torch.equal(model.head.weight.detach(), before["head.weight"][index])
+        torch.testing.assert_close(small_out, full_out)  # every column: the frozen rows score
     else:
         assert model.config.vocab_size == kept.size
         assert torch.equal(model.head.weight.detach(), before["head.weight"][index])

@@ -195,11 +195,14 @@ def test_prune_restore_is_bitwise_identity(family, head):
     emb_before = model.get_input_embeddings()
     kept = random_kept(tm, np.random.default_rng(seed_of(family, head, "kept")))
 
-    vocabprune.prune(model, kept)
+    vocabprune.prune(model, kept)  # the default: an LM head is the frozen one
     assert vocabprune.is_pruned(model)
     assert model.get_input_embeddings().weight.shape[0] == kept.size
     assert {n: p.requires_grad for n, p in model.named_parameters()} == grads
-    assert model.config.vocab_size == kept.size  # every head here is pruned or absent
+    frozen = model.get_output_embeddings() is not None
+    assert vocabprune.get_state(model).frozen_head == frozen
+    # A frozen head's logits (and so config.vocab_size) stay over the whole vocabulary.
+    assert model.config.vocab_size == (tm.spec.vocab_size if frozen else kept.size)
     vocabprune.restore(model)
 
     assert not vocabprune.is_pruned(model)
@@ -247,7 +250,9 @@ def test_pruned_forward_matches_full(family, head, ids):
     config_ids = {a: getattr(model.config, a, None) for a in CONFIG_ID_ATTRS}
     config_ids = {a: v for a, v in config_ids.items() if isinstance(v, int)}
     assert config_ids["pad_token_id"] == tm.spec.pad
-    vocabprune.prune(model, kept, ids=ids)
+    # The restricted head (output="prune"): kept-column logits; the frozen default's are
+    # tests/test_frozen_head.py's and tests/test_families.py's.
+    vocabprune.prune(model, kept, ids=ids, output="auto" if head == "cls" else "prune")
 
     assert model.get_input_embeddings() is emb and type(emb) is emb_class
     assert emb.num_embeddings == kept.size == emb.weight.shape[0]
@@ -445,7 +450,7 @@ TRAININGS = [
 @pytest.mark.parametrize("ids,loss", TRAININGS)
 @pytest.mark.parametrize("family,head", CASES)
 def test_training_while_pruned_equals_full_finetuning(family, head, ids, loss):
-    _exactness(family, head, "auto", ids, loss)
+    _exactness(family, head, "auto" if head == "cls" else "prune", ids, loss)  # restricted head
 
 
 @pytest.mark.parametrize("ids,loss", TRAININGS)

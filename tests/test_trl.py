@@ -25,7 +25,7 @@ def _rows(bbc_texts, n=12):
     ]
 
 
-@pytest.mark.parametrize("output", ["auto", "frozen"])
+@pytest.mark.parametrize("output", ["auto", "prune"])  # the default (frozen head), restricted
 def test_sft_trainer_with_a_pruned_model(
     smollm2_dir, smollm2_tokenizer, bbc_texts, tmp_path, output
 ):
@@ -37,8 +37,9 @@ def test_sft_trainer_with_a_pruned_model(
     model = AutoModelForCausalLM.from_pretrained(smollm2_dir)
     before = model.get_input_embeddings().weight.detach().clone()
     kept = vp.build_kept_vocab(tok, texts, model=model)  # the chat-templated text, as TRL sees it
-    vp.prune(model, kept, output=output)
-    if output == "frozen":
+    state = vp.prune(model, kept, output=output)
+    assert state.frozen_head == (output == "auto")
+    if state.frozen_head:
         vp.chunked_loss(model)  # the full softmax in tiles; TRL's fused calls answered by it
     args = trl.SFTConfig(
         output_dir=str(tmp_path),

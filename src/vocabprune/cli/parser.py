@@ -194,9 +194,10 @@ def _add_finetune(sub: Any) -> None:
     ft.add_argument(
         "--lm-head",
         choices=LM_HEADS,
-        help="causal-lm, masked-lm, seq2seq: 'frozen' (default) trains with the full softmax, "
-        "the dropped rows frozen (no gradient, no optimizer state): full fine-tuning's "
-        "gradients for every trained parameter, in tiles for causal-lm; 'restricted' with the "
+        help="causal-lm, masked-lm, seq2seq: 'frozen' (default, as the library's "
+        "prune(output='auto')) trains with the full softmax, the dropped rows frozen (no "
+        "gradient, no optimizer state): full fine-tuning's gradients for every trained "
+        "parameter, in tiles for causal-lm; 'restricted' (prune(output='prune')) with the "
         "softmax over the kept ids only (cheaper, not equal to full fine-tuning; its training "
         "loss is over kept columns)",
     )

@@ -22,8 +22,11 @@ With `output="frozen"` the head keeps the full softmax: the head module's output
 the original vocabulary with the dropped ids scored by the frozen dropped rows (no gradient; times
 the tracked weight-decay factor, as full fine-tuning would have decayed them), so the model's own
 loss, generate(), pipelines and any loss computed from the logits are those of the full model at
-the same weights. Labels stay original ids. TRL's fused LM head (`fused_lm_head=True`), which
-scores tokens from the head weight alone, is answered from those logits instead.
+the same weights (generate() until it emits an id the pruned input embedding cannot read). Labels
+stay original ids (checked to be kept ids, as inputs are). TRL's fused LM head
+(`fused_lm_head=True`), which scores tokens from the head weight alone, is answered from those
+logits instead. It is the default: prune(output="auto") resolves to it for a vocabulary-sized head
+(core/surgery.py resolve_output).
 
 With `ids="kept"` the model reads ids already remapped by RemapCollator / remap_dataset; its
 embedding only checks they are kept ids, and its logits are the kept columns.
@@ -51,6 +54,11 @@ IDS_MODES = ("original", "kept")
 LABEL_KWARGS = ("labels", "shift_labels")
 FUSED_KWARG = "fused_lm_head"  # TRL: score labels from the head weight (kept rows only)
 FUSED_CALL = "fused_call"  # state.extras key: the labels of a fused call in progress
+FROZEN_GENERATE_HINT = (
+    "the frozen head (the default of output='auto') scores every id, so generate() while pruned "
+    "can emit ids outside the kept vocabulary: generate after vocabprune.restore(model), or "
+    "prune with output='prune' to generate over the kept ids"
+)
 
 
 def input_modules(state: PrunedState) -> list[nn.Embedding]:
@@ -91,7 +99,12 @@ def _embedding_remap(state: PrunedState) -> Callable[..., Any]:
         where, ids = _ids_argument(args, kwargs)
         if not isinstance(ids, torch.Tensor):
             return None
-        return _with(args, kwargs, where, remapper.to_new(ids, inputs=True))
+        try:
+            return _with(args, kwargs, where, remapper.to_new(ids, inputs=True))
+        except UnknownTokenError as exc:
+            if not state.frozen_head:
+                raise
+            raise UnknownTokenError(f"{exc} ({FROZEN_GENERATE_HINT})") from None
 
     return hook
 
@@ -187,6 +200,24 @@ def _label_remap(state: PrunedState, model: nn.Module) -> Callable[..., Any]:
         for key in LABEL_KWARGS:
             if isinstance(kwargs.get(key), torch.Tensor):
                 kwargs[key] = remapper.to_new(kwargs[key])
+        return args, kwargs
+
+    return hook
+
+
+def _label_check(state: PrunedState) -> Callable[..., Any]:
+    """A frozen head's labels stay original ids, but they must be kept ids as its inputs must
+    (the unknown-id policy: an error naming the token, or UNK's id), as under the restricted
+    head: a dropped id's head row is frozen and could never learn it."""
+    remapper = state.remapper
+    assert remapper is not None
+
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not state.active:
+            return None
+        for key in LABEL_KWARGS:
+            if isinstance(kwargs.get(key), torch.Tensor):
+                kwargs[key] = remapper.to_old(remapper.to_new(kwargs[key]))
         return args, kwargs
 
     return hook
@@ -335,6 +366,9 @@ def install(model: nn.Module, state: PrunedState) -> None:
         hook = _embedding_remap(state) if state.ids == "original" else _embedding_check(state)
         state.forward_handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
     if state.frozen_head:
+        state.forward_handles.append(
+            model.register_forward_pre_hook(_label_check(state), with_kwargs=True)
+        )
         for head in head_modules(state):
             state.forward_handles.append(head.register_forward_hook(_frozen_logits(state)))
         state.forward_handles.append(

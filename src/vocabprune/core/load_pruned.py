@@ -33,7 +33,15 @@ from vocabprune.core.model import prune_target, wrapper_tokenizer
 from vocabprune.core.prune import remapper_for
 from vocabprune.core.rowstore import CheckpointRows, RowStore, find_checkpoint_rows, offload
 from vocabprune.core.state import PrunedTensor
-from vocabprune.core.surgery import IdsMode, LogitsMode, perform, plan, vocab_tensors
+from vocabprune.core.surgery import (
+    IdsMode,
+    LogitsMode,
+    OutputMode,
+    perform,
+    plan,
+    resolve_output,
+    vocab_tensors,
+)
 from vocabprune.core.vocab import KeptVocab
 
 # from_pretrained arguments that are not config overrides.
@@ -60,6 +68,7 @@ def load_pruned(
     kept: KeptVocab,
     *,
     ids: IdsMode = "original",
+    output: OutputMode = "auto",
     unknown: UnknownPolicy = "error",
     logits: LogitsMode = "auto",
     tokenizer: Any = None,
@@ -67,19 +76,22 @@ def load_pruned(
 ) -> Any:
     """`auto_class.from_pretrained(path, **kwargs)` then `prune(model, kept, ids=..., ...)`,
     without ever holding the dropped rows: only the kept rows of each vocabulary-sized matrix
-    are read.
+    are read (a frozen head's dropped rows excepted: that mode holds them, read once).
 
-    Needs a local safetensors checkpoint. Vocabulary-sized output heads are pruned with the input
-    embedding (as `prune(..., output="auto")`); `restore(model)` reads the untouched rows back
-    from the same checkpoint. `auto_class` may also be a class that wraps one transformers
-    model and takes `model_kwargs` (SentenceTransformer): it is built with that model on the
-    meta device, which is then replaced by the pruned model loaded from its folder.
+    Needs a local safetensors checkpoint. `output` as prune's: by default ("auto") a
+    vocabulary-sized output head is the frozen head (full softmax; its dropped rows are read
+    from the checkpoint and held), output="prune" the restricted head that reads only kept rows;
+    `restore(model)` reads the untouched rows back from the same checkpoint. `auto_class` may
+    also be a class that wraps one transformers model and takes `model_kwargs`
+    (SentenceTransformer): it is built with that model on the meta device, which is then
+    replaced by the pruned model loaded from its folder.
 
     `device_map` may name one device ("cuda", "cuda:1", 0, torch.device, {"": device}): the model
     is pruned on the CPU and then moved, so the dropped rows never reach that device. A map that
     splits the model across devices ("auto", per-module dicts) is refused.
     """
-    options = {"ids": ids, "unknown": unknown, "logits": logits, "tokenizer": tokenizer}
+    options = {"ids": ids, "output": output, "unknown": unknown, "logits": logits}
+    options["tokenizer"] = tokenizer
     if not _is_transformers_class(auto_class):
         return _load_into_wrapper(auto_class, path, kept, options, kwargs)
     folder = Path(path)
@@ -98,16 +110,19 @@ def load_pruned(
         raise MismatchError(
             f"kept vocabulary covers {kept.vocab_size} ids but {path} has vocab_size {full}"
         )
-    cls, stand_in = _plan_keys(auto_class, config, model_kwargs, files)
+    cls, stand_in, output = _plan_keys(
+        auto_class, config, model_kwargs, files, (output, ids, logits)
+    )
     state_dict = _state_dict(files, stand_in, _target_dtype(loader, config, files, stand_in))
     model = cls.from_pretrained(
         None, config=config, state_dict=state_dict, **model_kwargs, **loader
     )
     del state_dict
     _as_if_from(model, folder)
-    surgery = plan(model, kept, output="auto", ids=ids)
-    rows = _kept_rows(model, surgery, files, stand_in, folder)
-    perform(surgery, rows, remapper=remapper_for(model, kept, tokenizer, unknown), logits=logits)
+    surgery = plan(model, kept, output=output, ids=ids, logits=logits)
+    rows, frozen = _kept_rows(model, surgery, files, stand_in, folder)
+    remapper = remapper_for(model, kept, tokenizer, unknown)
+    perform(surgery, rows, remapper=remapper, logits=logits, frozen_rows=frozen)
     return model if device is None else model.to(device)
 
 
@@ -137,8 +152,9 @@ def single_device(device_map: Any) -> torch.device | None:
 def _kept_rows(
     model: nn.Module, surgery: Any, files: dict[str, Path], stand_in: dict[str, Any], folder: Path
 ) -> Any:
-    """The surgery's row source: a stand-in's kept rows read from the checkpoint (positioned
-    reads, nothing else of the matrix), anything else sliced from the loaded tensor."""
+    """The surgery's row sources: a stand-in's kept rows (and a frozen head's dropped rows) read
+    from the checkpoint (positioned reads, nothing else of the matrix), anything else sliced from
+    the loaded tensor."""
     prefix = getattr(model, "base_model_prefix", None)
     resolved = {k for t in surgery.tensors for k in stored_keys(files, t.names, prefix)}
     if not set(stand_in) <= resolved:  # pragma: no cover - the meta plan and the real one agree
@@ -154,7 +170,13 @@ def _kept_rows(
         store = find_checkpoint_rows(folder, tensor.names, live, prefix) or offload(live)
         return live.detach().index_select(tensor.axis, index), store
 
-    return rows
+    def frozen(tensor: PrunedTensor, dropped: torch.Tensor) -> torch.Tensor:
+        key = next((k for k in stored_keys(files, tensor.names, prefix) if k in stand_in), None)
+        if key is None:
+            return tensor.live().detach().index_select(tensor.axis, dropped)
+        return read_rows(files[key], key, dropped.cpu().numpy())
+
+    return rows, frozen
 
 
 def _is_transformers_class(cls: Any) -> bool:
@@ -223,10 +245,15 @@ def _split_kwargs(folder: Path, kwargs: dict[str, Any]) -> tuple[Any, dict[str, 
 
 
 def _plan_keys(
-    auto_class: Any, config: Any, model_kwargs: dict[str, Any], files: dict[str, Path]
-) -> tuple[Any, dict[str, tuple[int, ...]]]:
-    """The concrete model class, and the checkpoint keys of the vocabulary matrices the surgery
-    plan will prune (-> their shape), found by planning on the model built on the meta device."""
+    auto_class: Any,
+    config: Any,
+    model_kwargs: dict[str, Any],
+    files: dict[str, Path],
+    modes: tuple[Any, Any, Any],
+) -> tuple[Any, dict[str, tuple[int, ...]], OutputMode]:
+    """The concrete model class, the checkpoint keys of the vocabulary matrices the surgery
+    plan will prune (-> their shape), and the output mode "auto" resolves to (`modes`: output,
+    ids, logits), found by planning on the model built on the meta device."""
     from transformers import PreTrainedModel
 
     with torch.device("meta"):
@@ -236,14 +263,16 @@ def _plan_keys(
             meta = auto_class.from_config(copy.deepcopy(config), **model_kwargs)
     prefix = getattr(meta, "base_model_prefix", None)
     keys: dict[str, tuple[int, ...]] = {}
-    for tensor in vocab_tensors(meta, output="auto"):
+    output, ids, logits = modes
+    output = resolve_output(meta, output, ids=ids, logits=logits)
+    for tensor in vocab_tensors(meta, output=output):
         if tensor.axis != 0 or tensor.live().ndim != 2:
             continue  # small (a bias): loaded as usual
         for key in stored_keys(files, tensor.names, prefix):
             shape = read_header(files[key], complete=False).tensors[key].shape
             if tuple(shape) == tuple(tensor.live().shape):
                 keys[key] = tuple(shape)
-    return type(meta), keys
+    return type(meta), keys, output
 
 
 def _target_dtype(

@@ -52,18 +52,28 @@ def prune(
     ids: "original" (default): the model keeps reading the tokenizer's ids and remaps them
     inside, at its input embedding; nothing in your data path changes. "kept": the model reads
     ids you remap yourself with RemapCollator / remap_dataset (which then require this mode).
-    output: "auto"/"prune" prune a vocabulary-sized output head too (tied heads stay tied);
-    "keep" leaves an untied head full (inputs-only pruning, exact full softmax).
+    output: how a vocabulary-sized output head (tied or untied; tied heads stay tied) is pruned.
+    "auto" (default) = "frozen": the full softmax, the dropped rows held once, frozen (no
+    gradient, no optimizer state); logits and the model's own loss are over the whole vocabulary,
+    and training gives every trained parameter full fine-tuning's gradient (`chunked_loss(model)`
+    tiles that loss for causal LMs). "prune": the restricted head, softmax over the kept ids only
+    (cheaper; its loss is over the kept columns, not full fine-tuning's). "auto" means "prune"
+    when logits="kept" is asked for, and (with a warning) with ids="kept": both need the
+    restricted head; with no output head "auto" prunes the input embedding alone. "keep" leaves
+    an untied head full (inputs-only pruning, exact full softmax). generate() while pruned: the
+    frozen head can emit ids outside the kept vocabulary, which the pruned embedding cannot read
+    back (an error that says so): generate after `restore`, or use "prune".
     unknown: an id outside the kept vocabulary is an error naming the token ("error"), or UNK.
-    logits: how a pruned head's logits come out: "auto" (kept columns while training on the
-    model's own loss, over the original vocabulary otherwise), "kept" or "full" always.
+    logits: how a restricted head's logits come out: "auto" (kept columns while training on the
+    model's own loss, over the original vocabulary otherwise), "kept" or "full" always (a frozen
+    head's are always over the original vocabulary).
     tokenizer: names tokens in errors and is checked against the kept vocabulary (default: the
     wrapper's tokenizer, else the one saved beside the model).
     Returns the state that `restore` consumes (also reachable as vocabprune.get_state(model)).
     """
     target = prune_target(model)
     tokenizer = tokenizer if tokenizer is not None else wrapper_tokenizer(model)
-    surgery = plan(target, kept, output=output, ids=ids)
+    surgery = plan(target, kept, output=output, ids=ids, logits=logits)
     remapper = remapper_for(target, kept, tokenizer, unknown)
     folder = getattr(target, "name_or_path", None)
     prefix = getattr(target, "base_model_prefix", None)

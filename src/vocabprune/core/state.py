@@ -183,6 +183,14 @@ class PrunedState:
             self._index[key] = order.to(dev)  # type: ignore[index]
         return self._index[key]  # type: ignore[index]
 
+    @property
+    def head(self) -> str | None:
+        """The head mode: "frozen" (full softmax), "restricted" (kept ids only), None (none
+        pruned: no head, or output='keep')."""
+        if self.frozen_head:
+            return "frozen"
+        return "restricted" if self.output_pruned else None
+
     def frozen_tensors(self) -> list[PrunedTensor]:
         """The head's weight (and bias) whose dropped rows are frozen, in that order."""
         return [t for t in self.tensors if t.frozen is not None]
@@ -361,7 +369,8 @@ def _copied_tensor(tensor: PrunedTensor, memo: dict[int, Any]) -> PrunedTensor:
         store = MemoryRows(store.full())
     elif not isinstance(store, CheckpointRows):
         store = offload(store.full())  # the original's temporary file goes with the original
-    return PrunedTensor(owners, tensor.axis, tensor.full_size, tensor.is_parameter, store)
+    frozen = None if tensor.frozen is None else tensor.frozen.clone()  # a frozen head's rows
+    return PrunedTensor(owners, tensor.axis, tensor.full_size, tensor.is_parameter, store, frozen)
 
 
 def _copied_change(change: AttrChange, memo: dict[int, Any]) -> AttrChange:

@@ -29,11 +29,11 @@ import numpy as np
 
 from vocabprune.core.errors import MismatchError, VocabPruneError
 from vocabprune.core.files import atomic_dir
-from vocabprune.core.model import state_owner
+from vocabprune.core.model import output_head, prune_target, state_owner
 from vocabprune.core.prune import prune
 from vocabprune.core.restore import restore
 from vocabprune.core.state import PrunedState, compact_saves, get_state
-from vocabprune.core.surgery import config_id_changes
+from vocabprune.core.surgery import config_id_changes, config_vocab_change, module_vocab_changes
 from vocabprune.core.vocab import DEFAULT_FILENAME, KeptVocab
 from vocabprune.data.sources import Examples
 from vocabprune.deploy.coverage import uncovered_mapping
@@ -92,8 +92,13 @@ def _kept_for(model: Any, kept: KeptVocab, data: dict[str, Any] | None) -> KeptV
 
 def _write_compact_model(owner: Any, state: PrunedState, folder: Path) -> None:
     """Save the model as it is now, kept rows only, as an ordinary model that reads kept ids:
-    its config ids renumbered (a model pruned with ids='original' keeps them original)."""
+    its config ids renumbered (a model pruned with ids='original' keeps them original). A frozen
+    head's model kept its full vocab_size (its logits were over the whole vocabulary); the
+    compact model's head has the kept rows only, so its vocab sizes say so."""
     renumber = config_id_changes(owner, state.kept) if state.ids == "original" else []
+    if state.frozen_head:
+        sizes = (state.kept.vocab_size, state.kept.size)
+        renumber += module_vocab_changes(owner, *sizes) + config_vocab_change(owner, *sizes)
     with compact_saves(owner, state):
         for change in renumber:
             change.apply()
@@ -153,7 +158,10 @@ def export_pruned(
     data = tokenizer_json(tokenizer) if standalone else None
     kept = _kept_for(model, kept, data)
     was_pruned = get_state(model) is not None
-    state = get_state(model) or prune(model, kept)
+    # A compact model's head scores the kept ids: the restricted head is what it writes (the
+    # frozen head, the default, would hold its dropped rows for nothing).
+    head = output_head(prune_target(model)) is not None
+    state = get_state(model) or prune(model, kept, output="prune" if head else "auto")
     report: dict[str, Any] = {}
     try:
         owner = state_owner(model)

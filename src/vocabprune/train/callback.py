@@ -36,6 +36,12 @@ from vocabprune.train.decay import EXTRA_KEY, DecayTracker, get_tracker, track_w
 
 CHECKPOINT_FILE = "vocabprune.json"
 FORMAT = "vocabprune.checkpoint"
+# The prune() option that gives each head mode of a record (core/state.py PrunedState.head).
+HEAD_OPTIONS = {
+    "frozen": "output='auto' (frozen)",
+    "restricted": "output='prune'",
+    None: "output='keep'",
+}
 
 
 def _ensure_tracker(model: Any) -> DecayTracker | None:
@@ -61,6 +67,7 @@ def checkpoint_record(model: Any) -> dict[str, Any]:
         "kept_size": state.kept.size,
         "vocab_size": state.kept.vocab_size,
         "tensors": [t.name for t in state.tensors],
+        "head": state.head,
         "decay": tracker.state_dict() if tracker is not None else None,
     }
 
@@ -120,6 +127,12 @@ def check_resume(model: Any, checkpoint: str | os.PathLike[str]) -> dict[str, An
             f"({record.get('kept_size')} ids, digest {record.get('kept_digest')}; this run keeps "
             f"{state.kept.size} ids, digest {state.kept.digest}): its optimizer state "
             "does not fit; resume with the kept vocabulary saved with the checkpoint run"
+        )
+    if "head" in record and record["head"] != state.head:  # records before it have none
+        raise MismatchError(
+            f"checkpoint {folder} was trained with the {record['head'] or 'unpruned'} head, "
+            f"model {name!r} has the {state.head or 'unpruned'} head (another loss): prune with "
+            f"{HEAD_OPTIONS.get(record['head'], 'the same output=...')} to resume it"
         )
     if sorted(record.get("tensors") or []) != sorted(t.name for t in state.tensors):
         raise MismatchError(
