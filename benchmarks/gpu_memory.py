@@ -25,8 +25,9 @@ plus the config's token ids, as a fine-tuning run on BBC News would keep.
 Methods, each (shape, precision, batch, method) in a FRESH process (own CUDA context and
 allocator), interleaved full / pruned / frozen / oracle:
 - full: the model built on the CPU, moved to the device, fine-tuned.
-- pruned (vocabprune): the same model built on the CPU, `vp.prune(model, kept)` there (the dropped
-  rows are offloaded to a temporary file), then moved: the full matrix never reaches the GPU, as
+- pruned (vocabprune): the same model built on the CPU, `vp.prune(model, kept,
+  output="prune")` there (the restricted head; the dropped rows are offloaded to a temporary
+  file), then moved: the full matrix never reaches the GPU, as
   with `vp.load_pruned` + `.to("cuda")`. It reads the original ids (remapped inside).
 - frozen (causal LM shapes): pruned as above with `output="frozen"` (the full softmax, the
   dropped rows held once without gradient or optimizer state) and `vp.chunked_loss`, so the
@@ -69,7 +70,8 @@ DEFAULT_OUT = HERE / "results" / "gpu_memory.json"
 METHODS = ("full", "pruned", "frozen", "oracle")
 # vocabprune's head modes: "pruned" is prune's default head, "frozen" the full softmax with the
 # dropped rows frozen (output="frozen", its loss tiled by chunked_loss); causal LM shapes only.
-HEAD_OF = {"pruned": "auto", "frozen": "frozen"}
+# pruned: the restricted head of an LM (an encoder's "auto": no head to prune); frozen: LMs only
+HEAD_OF = {"pruned": "prune", "frozen": "frozen"}
 LM_ONLY = ("frozen",)
 PRECISIONS = ("fp32", "bf16")
 # Imported once by the server the runs are forked from (seconds of start-up saved per run).
@@ -129,7 +131,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     prune_s = None
     if method in HEAD_OF:
         t0 = time.perf_counter()
-        vp.prune(model, kept, output=HEAD_OF[method])
+        vp.prune(model, kept, output=HEAD_OF[method] if shape.kind == "causal" else "auto")
         if method == "frozen":
             vp.chunked_loss(model)  # the whole vocabulary's logits are never held at once
         prune_s = time.perf_counter() - t0

@@ -357,7 +357,10 @@ def test_prune_restore_identity_on_a_minimal_model(
         assert (out, ids_mode) == ("auto", "original")
         assert model.config.vocab_size == vocab
         assert torch.equal(model.head.weight.detach(), before["head.weight"][index])
-        torch.testing.assert_close(small_out, full_out)  # every column: the frozen rows score
+        # every column: the frozen rows score (kept and frozen columns are two matmuls, each
+        # with its bias: in float16 the sums round differently from the one full matmul's)
+        tol = {"rtol": 2e-2, "atol": 1e-3} if dtype in (torch.float16, torch.bfloat16) else {}
+        torch.testing.assert_close(small_out, full_out, **tol)
     else:
         assert model.config.vocab_size == kept.size
         assert torch.equal(model.head.weight.detach(), before["head.weight"][index])
