@@ -98,3 +98,32 @@ def test_with_a_max_length_only_a_prefix_is_tokenized(minilm_tokenizer):
     ids = counter.ids(text)
     assert ids.size == 64 and max(seen) <= 4096 * 4
     assert np.array_equal(ids, backend.encode(text[:20_000]).ids)
+
+
+def test_an_untruncated_long_text_is_counted_one_piece_at_a_time(minilm_tokenizer):
+    # ~1M ids: held whole (an int64 array, then concatenated) they take 8-16 MB; counted piece
+    # by piece, numpy holds one piece's ids (~0.2 MB) and the counts (and ~3 MB of tokenizer
+    # copies).
+    import tracemalloc
+
+    text = " ".join(WORDS * (600_000 // len(WORDS)))[: 3 * 2**20]
+    whole = _free(minilm_tokenizer).encode(text, add_special_tokens=True).ids
+    want = np.bincount(whole, minlength=len(minilm_tokenizer))
+    tracemalloc.start()
+    try:
+        got = count_texts(minilm_tokenizer, [text], progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(got, want)
+    assert int(want.sum()) > 600_000
+    assert peak < 6 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+
+
+def _free(tokenizer):
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    return backend

@@ -164,8 +164,9 @@ def count_texts(
     )
     backend = _backend_encoder(tokenizer, texts, pairs, max_length, kwargs)
     if backend is not None:
-        for ids, n in _pipelined_ids(backend, texts, pairs, batch_size):
-            counts += bincount_ids(ids, size, source=source)
+        for parts, n in _pipelined_ids(backend, texts, pairs, batch_size):
+            for ids in parts:
+                counts += bincount_ids(ids, size, source=source)
             bar.update(n)
         bar.close()
         return counts
@@ -226,17 +227,18 @@ def _backend_encoder(
 _BACKENDS: dict[tuple[Any, ...], tuple[Any, Any]] = {}
 
 
-def _encode_ids(backend: Any, batch: list[Any]) -> np.ndarray:
-    """The ids of a batch (order aside: they are counted); a text longer than LONG_TEXT
-    characters is tokenized in bounded pieces (see LongTexts)."""
+def _encode_ids(backend: Any, batch: list[Any]) -> Iterator[np.ndarray]:
+    """The ids of a batch, in parts (order aside: they are counted): the short texts' at once; a
+    text longer than LONG_TEXT characters piece by piece as the parts are read (LongTexts), so
+    that only one piece's ids are held."""
     long = [t for t in batch if isinstance(t, str) and len(t) > LONG_TEXT]
     short = [t for t in batch if not isinstance(t, str) or len(t) <= LONG_TEXT] if long else batch
     encodings = backend.encode_batch_fast(short, add_special_tokens=True)
     ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int64)
     if not long:
-        return ids
+        return iter((ids,))
     counter = LongTexts(backend)
-    return np.concatenate([ids, *(counter.ids(t) for t in long)])
+    return itertools.chain((ids,), itertools.chain.from_iterable(map(counter.pieces, long)))
 
 
 # Counting memory is bounded by a piece of text, not by the longest line: the tokenizers library
@@ -287,9 +289,14 @@ class LongTexts:
         self.free.no_padding()
 
     def ids(self, text: str) -> np.ndarray:
+        return np.concatenate(list(self.pieces(text)))
+
+    def pieces(self, text: str) -> Iterator[np.ndarray]:
+        """The text's ids in parts, tokenized as they are read (one part held at a time)."""
         if self.truncation:
-            return self._truncated(text)
-        return self._pieces(text)
+            yield self._truncated(text)
+        else:
+            yield from self._pieces(text)
 
     def _truncated(self, text: str) -> np.ndarray:
         limit = int(self.truncation["max_length"])
@@ -306,19 +313,19 @@ class LongTexts:
             n *= 4
         return _as_ids(self.backend.encode(text, add_special_tokens=True).ids)
 
-    def _pieces(self, text: str) -> np.ndarray:
+    def _pieces(self, text: str) -> Iterator[np.ndarray]:
         bounds = [0, *_cuts(text, LONG_TEXT), len(text)]
         if len(bounds) > 3:
             a, b, c = bounds[:3]
             apart = self.free.encode(text[a:b], add_special_tokens=False).ids
             apart += self.free.encode(text[b:c], add_special_tokens=False).ids
             if apart != self.free.encode(text[a:c], add_special_tokens=False).ids:
-                return _as_ids(self.free.encode(text, add_special_tokens=True).ids)
-        first = self.free.encode(text[bounds[0] : bounds[1]], add_special_tokens=True).ids
-        parts = [_as_ids(first)]
+                yield _as_ids(self.free.encode(text, add_special_tokens=True).ids)
+                return
+        # The specials of the whole text: those the backend adds around its first piece.
+        yield _as_ids(self.free.encode(text[bounds[0] : bounds[1]], add_special_tokens=True).ids)
         for a, b in zip(bounds[1:-1], bounds[2:], strict=True):
-            parts.append(_as_ids(self.free.encode(text[a:b], add_special_tokens=False).ids))
-        return np.concatenate(parts)
+            yield _as_ids(self.free.encode(text[a:b], add_special_tokens=False).ids)
 
 
 def _as_ids(ids: Sequence[int]) -> np.ndarray:
@@ -327,8 +334,9 @@ def _as_ids(ids: Sequence[int]) -> np.ndarray:
 
 def _pipelined_ids(
     backend: Any, texts: Sequence[str], pairs: Sequence[str] | None, batch_size: int
-) -> Iterator[tuple[np.ndarray, int]]:
-    """Flat ids batch by batch; the next batch is tokenized (GIL released) while one is counted."""
+) -> Iterator[tuple[Iterator[np.ndarray], int]]:
+    """Each batch's ids (in parts, see _encode_ids); the next batch is tokenized (GIL released)
+    while one is counted."""
 
     def batch(sl: slice) -> list[Any]:
         if pairs is None:
