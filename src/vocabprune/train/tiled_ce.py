@@ -65,6 +65,30 @@ class _Head:
         self.w, self.b, self.frozen, self.scale, self.softcap = w, b, frozen, scale, softcap
         self.kept = w.shape[0]
 
+    @classmethod
+    def cast(
+        cls,
+        dtype: torch.dtype,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        frozen: torch.Tensor | None,
+        frozen_bias: torch.Tensor | None,
+        frozen_scale: float,
+        scale: float,
+        softcap: float | None,
+    ) -> _Head:
+        """The head with its weights (and frozen rows) in `dtype`, the dtype the tiles run in."""
+        fz = None if frozen is None else (frozen.to(dtype), _cast(frozen_bias, dtype), frozen_scale)
+        return cls(weight.to(dtype), _cast(bias, dtype), fz, scale, softcap)
+
+    def split(self, safe: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per block of columns (trainable, frozen): whether each target is in it, and its
+        place there (clamped into range where it is not)."""
+        return [
+            (safe < self.kept, safe.clamp(max=self.kept - 1)),
+            (safe >= self.kept, (safe - self.kept).clamp(min=0)),
+        ]
+
     def logits(self, h: torch.Tensor) -> list[torch.Tensor]:
         """[trainable columns' logits] or [those, frozen columns' logits]."""
         z = [tile_logits(h, self.w, self.b, self.scale, self.softcap)]
@@ -77,12 +101,13 @@ class _Head:
         self, z: list[torch.Tensor], safe: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each token's log-normalizer and its target's logit."""
+        (in_kept, place), (_, frozen_place) = self.split(safe)
         lse = torch.logsumexp(z[0], dim=-1)
-        target = z[0].gather(1, safe.clamp(max=self.kept - 1)[:, None]).squeeze(1)
+        target = z[0].gather(1, place[:, None]).squeeze(1)
         if len(z) == 2:
             lse = torch.logaddexp(lse, torch.logsumexp(z[1], dim=-1))
-            frozen = z[1].gather(1, (safe - self.kept).clamp(min=0)[:, None]).squeeze(1)
-            target = torch.where(safe < self.kept, target, frozen)
+            frozen = z[1].gather(1, frozen_place[:, None]).squeeze(1)
+            target = torch.where(in_kept, target, frozen)
         return lse, target
 
     def argmax(self, z: list[torch.Tensor]) -> torch.Tensor:
@@ -98,13 +123,11 @@ class _Head:
     ) -> list[torch.Tensor]:
         """The loss's gradient w.r.t. the pre-cap, pre-scale logits, `g` (per token) times
         softmax - one-hot, written over `z` in place."""
-        one_hot = [safe < self.kept, safe >= self.kept]
-        places = [safe.clamp(max=self.kept - 1), (safe - self.kept).clamp(min=0)]
-        for k, part in enumerate(z):
+        for part, (one_hot, place) in zip(z, self.split(safe), strict=False):
             # d(capped)/d(uncapped) = 1 - (capped / cap)^2, taken before z becomes the softmax.
             slope = None if self.softcap is None else (part / self.softcap).square_().neg_().add_(1)
             part.sub_(lse[:, None]).exp_()  # softmax, in place
-            part.scatter_add_(1, places[k][:, None], -one_hot[k][:, None].to(part.dtype))
+            part.scatter_add_(1, place[:, None], -one_hot[:, None].to(part.dtype))
             part.mul_(g[:, None])
             if slope is not None:
                 part.mul_(slope)
@@ -128,8 +151,7 @@ class _Head:
             grad_h.copy_(dk @ self.w)
             if self.frozen is not None:
                 fw, _, fs = self.frozen
-                part = dz[1].to(fw.dtype) @ fw
-                grad_h.add_(part, alpha=fs) if fs != 1.0 else grad_h.add_(part)
+                grad_h.add_(dz[1].to(fw.dtype) @ fw, alpha=fs)
         if grad_w is not None and grad_w.dtype == dk.dtype:
             grad_w.addmm_(dk.t(), h)
         elif grad_w is not None:  # half precision: the tiles' sum is kept in float32
@@ -165,11 +187,9 @@ class TiledCrossEntropy(torch.autograd.Function):
         dtype = hidden.dtype
         if torch.is_autocast_enabled(hidden.device.type):
             dtype = torch.get_autocast_dtype(hidden.device.type)
-        w = weight.to(dtype)
-        b = _cast(bias, dtype)
+        head = _Head.cast(dtype, weight, bias, frozen, frozen_bias, frozen_scale, scale, softcap)
+        w, b, fz = head.w, head.b, head.frozen
         h = hidden.to(dtype)
-        fz = None if frozen is None else (frozen.to(dtype), _cast(frozen_bias, dtype), frozen_scale)
-        head = _Head(w, b, fz, scale, softcap)
         valid = targets != IGNORE
         safe = targets.masked_fill(~valid, 0)
         acc = acc_dtype(dtype)
@@ -325,10 +345,8 @@ def tiled_token_stats(
     """Per token, over the same columns as tiled_cross_entropy and `tile` tokens at a time: the
     entropy of the softmax and whether the target is its top-1 (0 / False where it is -100)."""
     valid = targets != IGNORE
-    fz = None
-    if frozen is not None:
-        fz = (frozen.to(hidden.dtype), _cast(frozen_bias, hidden.dtype), frozen_scale)
-    head = _Head(weight.to(hidden.dtype), _cast(bias, hidden.dtype), fz, scale, softcap)
+    dtype = hidden.dtype
+    head = _Head.cast(dtype, weight, bias, frozen, frozen_bias, frozen_scale, scale, softcap)
     safe = targets.masked_fill(~valid, 0)
     entropy = torch.zeros(hidden.shape[0], dtype=acc_dtype(hidden.dtype), device=hidden.device)
     top1 = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
@@ -337,9 +355,7 @@ def tiled_token_stats(
         z = head.logits(hidden[rows])
         lse, _ = head.lse_and_target(z, safe[rows])
         top1[rows] = head.argmax(z) == targets[rows]
-        entropy[rows] = -sum(
-            (((part - lse[:, None]).exp() * (part - lse[:, None])).sum(-1) for part in z),
-            start=torch.zeros_like(lse),
-        )
+        logps = [part - lse[:, None] for part in z]
+        entropy[rows] = -sum((p.exp() * p).sum(-1) for p in logps)
         del z
     return entropy * valid, top1 & valid
