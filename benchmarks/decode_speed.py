@@ -12,13 +12,19 @@ Four models with the same weights, decoding the same prompts greedily (KV cache,
 Kept vocabulary: the ids of the BBC News corpus as e5 tokenizes it (benchmarks/data), as in
 train_compare.py (18,890 ids). Prompts: 32-token stretches of that corpus. Every method decodes
 exactly `new_tokens` tokens (eos off, no logits processor), batch 1 and batch 8, repetitions
-interleaved; reported: median tokens/s per method, each vs the oracle, and whether every
-method's tokens equal the oracle's.
+interleaved; reported: median tokens per CPU second and tokens/s per method (with their
+ranges), each vs the oracle, and whether every method's tokens equal the oracle's.
+
+One torch thread by default (VOCABPRUNE_BENCH_DECODE_THREADS): the process's CPU time then
+counts the decoding alone, and tokens per CPU second stay comparable when other jobs share
+the machine (wall-clock tokens/s do not: a loaded 2-core machine moved them 3x between
+methods within one repetition).
 
     flock /tmp/vp-heavy.lock python benchmarks/decode_speed.py   # -> results/decode_speed.json
 
 Sizes via environment: VOCABPRUNE_BENCH_DECODE_REPS (3), VOCABPRUNE_BENCH_DECODE_TOKENS (48),
-VOCABPRUNE_BENCH_DECODE_SHAPE (gemma3-270m; gemma3-tiny for a smoke run).
+VOCABPRUNE_BENCH_DECODE_SHAPE (gemma3-270m; gemma3-tiny for a smoke run),
+VOCABPRUNE_BENCH_DECODE_THREADS (1).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ RESULT = HERE / "results" / "decode_speed.json"
 REPS = int(os.environ.get("VOCABPRUNE_BENCH_DECODE_REPS", "3"))
 NEW_TOKENS = int(os.environ.get("VOCABPRUNE_BENCH_DECODE_TOKENS", "48"))
 SHAPE = os.environ.get("VOCABPRUNE_BENCH_DECODE_SHAPE", "gemma3-270m")
+THREADS = int(os.environ.get("VOCABPRUNE_BENCH_DECODE_THREADS", "1"))
 PROMPT_TOKENS = 32
 BATCHES = (1, 8)
 METHODS = ("full", "oracle", "inplace", "compact")
@@ -100,13 +107,16 @@ def main() -> dict[str, Any]:
     import vocabprune as vp
 
     shape = benchlib.SHAPES[SHAPE]
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(THREADS)
     with tempfile.TemporaryDirectory() as tmp:
         models, kept, prompts = _models(shape, Path(tmp))
         table = torch.as_tensor(kept.old_to_new)
         back = torch.as_tensor(kept.kept_ids)
         pad = int(models["full"].config.pad_token_id)
         rates: dict[str, dict[int, list[float]]] = {m: {b: [] for b in BATCHES} for m in METHODS}
+        cpu_rates: dict[str, dict[int, list[float]]] = {
+            m: {b: [] for b in BATCHES} for m in METHODS
+        }
         same: dict[str, bool] = {m: True for m in METHODS}
         with torch.inference_mode():
             for batch in BATCHES:
@@ -116,15 +126,18 @@ def main() -> dict[str, Any]:
                     for name in METHODS:
                         given = table[ids] if name == "oracle" else ids
                         pad_id = int(table[pad]) if name == "oracle" else pad
-                        start = time.perf_counter()
+                        start, cpu = time.perf_counter(), time.process_time()
                         out = _generate(models[name], given, pad_id)
                         seconds = time.perf_counter() - start
+                        cpu = time.process_time() - cpu
                         outs[name] = back[out] if name == "oracle" else out
                         if rep:
                             rates[name][batch].append(batch * NEW_TOKENS / seconds)
+                            cpu_rates[name][batch].append(batch * NEW_TOKENS / cpu)
                     for name in ("inplace", "compact"):
                         same[name] &= torch.equal(outs[name], outs["oracle"])
     medians = {m: {b: statistics.median(rates[m][b]) for b in BATCHES} for m in METHODS}
+    cpu_medians = {m: {b: statistics.median(cpu_rates[m][b]) for b in BATCHES} for m in METHODS}
     result = {
         "shape": SHAPE,
         "kept": kept.size,
@@ -132,6 +145,13 @@ def main() -> dict[str, Any]:
         "new_tokens": NEW_TOKENS,
         "prompt_tokens": PROMPT_TOKENS,
         "reps": REPS,
+        "threads": THREADS,
+        "tokens_per_cpu_second": cpu_rates,
+        "median_tokens_per_cpu_second": cpu_medians,
+        "cpu_vs_oracle": {
+            m: {b: round(cpu_medians[m][b] / cpu_medians["oracle"][b], 3) for b in BATCHES}
+            for m in METHODS
+        },
         "tokens_per_second": rates,
         "median_tokens_per_second": medians,
         "vs_oracle": {
@@ -145,11 +165,18 @@ def main() -> dict[str, Any]:
 
 
 def table(result: dict[str, Any]) -> str:
-    """Markdown: tokens/s per method and batch, and each vs the oracle."""
-    lines = ["| method | " + " | ".join(f"batch {b}: tokens/s (vs oracle)" for b in BATCHES) + " |"]
-    lines.append("|---|" + "---:|" * len(BATCHES))
+    """Markdown: per method and batch, tokens per CPU second median [range] (vs oracle), then
+    wall tokens/s (vs oracle)."""
+    heads = [f"batch {b}: tokens/CPU s [range] (vs oracle)" for b in BATCHES]
+    heads += [f"batch {b}: tokens/s (vs oracle)" for b in BATCHES]
+    lines = ["| method | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
     for method in METHODS:
         cells = []
+        for b in BATCHES:
+            runs = result["tokens_per_cpu_second"][method][b]
+            rate = result["median_tokens_per_cpu_second"][method][b]
+            ratio = result["cpu_vs_oracle"][method][b]
+            cells.append(f"{rate:.1f} [{min(runs):.1f}–{max(runs):.1f}] ({ratio:.2f})")
         for b in BATCHES:
             rate = result["median_tokens_per_second"][method][b]
             cells.append(f"{rate:.1f} ({result['vs_oracle'][method][b]:.2f})")
@@ -163,4 +190,5 @@ if __name__ == "__main__":
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     path = RESULT if SHAPE == "gemma3-270m" else RESULT.with_name(f"decode_speed_{SHAPE}.json")
     path.write_text(json.dumps(out, indent=2, default=str))
-    print(json.dumps({"vs_oracle": out["vs_oracle"], "equal": out["tokens_equal_oracle"]}))
+    summary = {k: out[k] for k in ("cpu_vs_oracle", "vs_oracle", "tokens_equal_oracle")}
+    print(json.dumps(summary))
