@@ -41,8 +41,9 @@ test: install $(LLAMA_STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site-check && rm -rf build/site-check
-	# Two workers (the machine's two cores), whole files each: module fixtures run once.
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests
+	# Two workers (the machine's two cores), whole files each: module fixtures run once; the 20
+	# slowest steps are listed, so CI's log says where the suite's time goes.
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=20 tests
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
