@@ -142,15 +142,19 @@ def test_config_ids_of_every_modality_are_kept(fam):
 # -- generate ---------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("output", ["auto", "prune"])
 @pytest.mark.parametrize("fam", GENERATIVE)
-def test_greedy_generate_is_identical(fam):
+def test_greedy_generate_is_identical(fam, output):
+    """The kept vocabulary holds every token the full model generates: the frozen head (the
+    default) and the restricted one, whose stock generate() decodes over the kept ids
+    (core/decoding.py), give the full model's tokens."""
     model = fam.build()
     pool = text_pool(fam, 2)
     inputs = batch_for(fam, pool, 3, labels=False)
     args = {"max_new_tokens": 4, "do_sample": False, "min_new_tokens": 4}
     with torch.no_grad():
         want = model.generate(**inputs, **args)
-    vp.prune(model, kept_for(model, fam, pool, want))
+    vp.prune(model, kept_for(model, fam, pool, want), output=output)
     with torch.no_grad():
         got = model.generate(**inputs, **args)
     assert torch.equal(got, want)

@@ -201,7 +201,24 @@ def test_text_generation_pipeline(tmp_path, corpus, tiny_llama):
     assert model.lm_head.weight is model.get_input_embeddings().weight  # still tied
     prompt = corpus[1][0][:60]
     pipe = pipeline("text-generation", model=model, tokenizer=tok)
+    widths: list[int] = []
+    handle = model.register_forward_hook(lambda m, a, o: widths.append(o.logits.shape[-1]))
     got = pipe(prompt, max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    # generate() decodes over the compact ids (no spread over the whole vocabulary per step)
+    assert set(widths) == {adapter.size}
+    enc = tok([prompt], return_tensors="pt")
+    with torch.no_grad():  # scores asked for: by token id, the stock way, the same tokens
+        fast = model.generate(**enc, max_new_tokens=8, do_sample=False)
+        scored = model.generate(
+            **enc,
+            max_new_tokens=8,
+            do_sample=False,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+    assert scored.scores[0].shape[-1] == len(tokenizer)
+    assert torch.equal(scored.sequences, fast)
+    handle.remove()
     # The full model restricted to the kept ids generates the same text.
     dropped = sorted(set(range(len(tokenizer))) - set(adapter.kept.kept_ids.tolist()))
     ref = pipeline("text-generation", model=full, tokenizer=tokenizer)

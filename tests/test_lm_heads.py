@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytest
@@ -581,6 +582,111 @@ def test_generate_remaps_id_lists_of_the_generation_config(ids):
     assert free[0] not in got[0, prompt.shape[1] :].tolist()
     vp.restore(model)
     assert model.generation_config.suppress_tokens == [free[0], outside]
+
+
+# -- generate() over the kept ids: the decoding fast path (core/decoding.py) ----------------------
+
+
+def _logit_widths(model: nn.Module) -> tuple[list[int], Any]:
+    """The width of every logits tensor the model returns (after vocabprune's own hooks)."""
+    widths: list[int] = []
+
+    def record(module: nn.Module, args: Any, output: Any) -> None:
+        logits = getattr(output, "logits", None)
+        if isinstance(logits, torch.Tensor):
+            widths.append(int(logits.shape[-1]))
+
+    return widths, model.register_forward_hook(record)
+
+
+def _config_ids(model: nn.Module) -> dict[str, Any]:
+    from vocabprune.core.configs import config_tree
+    from vocabprune.core.ids import config_id_updates
+
+    found = {}
+    for n, cfg in enumerate(config_tree(model)):
+        for attr, old, _ in config_id_updates(cfg, lambda attr: lambda i: -1):
+            found[f"{n}.{attr}"] = old
+    return found
+
+
+@pytest.mark.parametrize("name", GENERATIVE)
+def test_stock_generate_decodes_over_the_kept_columns(name):
+    """A restricted head's stock generate() runs over the kept columns (no spread to the whole
+    vocabulary at every step) and gives the tokens the spread logits give: greedy and beam
+    search, against the stock path; the config ids are the original ones again afterwards."""
+    lm = build(name, seed=21)
+    model = lm.model
+    kept = random_kept(lm, 22)
+    prompt = batch_for(lm, kept, 23, n=2)["input_ids"]
+    rows = model.get_input_embeddings().weight.shape[0]
+    eos = model.generation_config.eos_token_id
+    args = dict(max_new_tokens=5, min_new_tokens=5, pad_token_id=eos)
+    vp.prune(model, kept, output="prune")
+    ids_before = _config_ids(model)
+    widths, handle = _logit_widths(model)
+    with torch.no_grad():
+        for beams in (1, 2):
+            widths.clear()
+            fast = model.generate(input_ids=prompt, num_beams=beams, do_sample=False, **args)
+            assert widths and set(widths) == {kept.size}, widths
+            widths.clear()
+            stock = type(model).generate(model, prompt, num_beams=beams, do_sample=False, **args)
+            assert set(widths) == {rows}
+            assert torch.equal(fast, stock)
+            assert all(int(i) in kept for i in fast.flatten())
+        widths.clear()  # scores asked for: they are by token id, so the stock way
+        out = model.generate(
+            input_ids=prompt, return_dict_in_generate=True, output_scores=True, **args
+        )
+        assert set(widths) == {rows} and out.scores[0].shape[-1] == rows
+        assert torch.equal(out.sequences, model.generate(input_ids=prompt, **args))
+    handle.remove()
+    assert _config_ids(model) == ids_before
+    assert not vp.get_state(model).over_kept
+    vp.restore(model)
+    assert "generate" not in vars(model)
+
+
+def test_generate_over_kept_ids_streams_original_ids_and_undoes_itself_on_error():
+    lm = build("llama", seed=24)
+    model = lm.model
+    kept = random_kept(lm, 25)
+    prompt = batch_for(lm, kept, 26, n=1)["input_ids"]
+    vp.prune(model, kept, output="prune")
+    ids_before = _config_ids(model)
+    with torch.no_grad():
+        logits = model(prompt).logits
+
+    class Streamer:
+        def __init__(self, fail_after: int | None = None) -> None:
+            self.seen: list[int] = []
+            self.fail_after = fail_after
+
+        def put(self, value: torch.Tensor) -> None:
+            self.seen += value.flatten().tolist()
+            if self.fail_after is not None and len(self.seen) > self.fail_after:
+                raise RuntimeError("streamer failed")
+
+        def end(self) -> None:
+            pass
+
+    streamer = Streamer()
+    with torch.no_grad():
+        out = model.generate(input_ids=prompt, max_new_tokens=4, streamer=streamer)
+    assert streamer.seen == out[0].tolist()  # the prompt, then each new token: original ids
+    with pytest.raises(RuntimeError, match="streamer failed"), torch.no_grad():
+        model.generate(input_ids=prompt, max_new_tokens=4, streamer=Streamer(fail_after=10))
+    assert _config_ids(model) == ids_before
+    assert not vp.get_state(model).over_kept
+    with torch.no_grad():  # original ids in, logits by token id out, as before
+        assert torch.equal(model(prompt).logits, logits)
+    copied = copy.deepcopy(model)  # the copy's generate is its own
+    with torch.no_grad():
+        assert torch.equal(copied.generate(input_ids=prompt, max_new_tokens=4), out)
+    assert copied.generate.__self__ is copied
+    vp.restore(model)
+    vp.restore(copied)
 
 
 # -- inputs-only pruning: output="keep" ----------------------------------------------------------

@@ -94,7 +94,7 @@ def _embedding_remap(state: PrunedState) -> Callable[..., Any]:
     assert remapper is not None
 
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if not state.active:
+        if not state.active or state.over_kept:  # generate() over the kept ids gives kept ids
             return None
         where, ids = _ids_argument(args, kwargs)
         if not isinstance(ids, torch.Tensor):
@@ -238,7 +238,7 @@ def _spread(state: PrunedState) -> Callable[..., Any]:
     size = state.kept.vocab_size
 
     def hook(module: nn.Module, args: Any, output: Any) -> Any:
-        if not state.active or state.logits == "kept":
+        if not state.active or state.logits == "kept" or state.over_kept:
             return None
         where, logits, loss = _logits_of(output)
         if not isinstance(logits, torch.Tensor) or logits.shape[-1] != state.kept.size:

@@ -147,6 +147,9 @@ class PrunedState:
     remapper: IdRemapper | None = None  # original -> kept ids, with the unknown-id policy
     logits: str = "auto"  # how a pruned head's logits come out (core/hooks.py)
     active: bool = True  # False once restored: hooks copied into other modules go inert
+    # True while generate() decodes over the kept ids (core/decoding.py): the model reads kept
+    # ids and emits the kept columns, its config ids moved to kept ids for the duration.
+    over_kept: bool = False
     # Per pruned tensor (by name): the factor the dropped rows get at restore and in saves taken
     # while pruned (decoupled weight decay tracked by vocabprune.train.decay); 1 when absent.
     dropped_scale: dict[str, float] = field(default_factory=dict)
@@ -297,7 +300,7 @@ def attach(model: nn.Module, state: PrunedState) -> None:
             model.__dict__[name] = types.MethodType(method, model)
 
 
-# -- resizing, copying and pickling while pruned ------------------------------------------------
+# -- resizing, generating, copying and pickling while pruned ------------------------------------
 #
 # These are instance attributes of the pruned model (as `save_pretrained` above), removed by
 # `detach`: the model's own public methods, never transformers' module attributes.
@@ -377,6 +380,13 @@ def _copied_change(change: AttrChange, memo: dict[int, Any]) -> AttrChange:
     return AttrChange(memo.get(id(change.obj), change.obj), change.attr, change.old, change.new)
 
 
+def _generate(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """generate() over the kept ids where the head is restricted (core/decoding.py)."""
+    from vocabprune.core.decoding import pruned_generate  # it imports this module
+
+    return pruned_generate(self, self.__dict__[STATE_ATTR], args, kwargs)
+
+
 def _refuse_pickle(self: nn.Module, protocol: Any = None) -> Any:
     raise VocabPruneError(
         f"a pruned {type(self).__name__} cannot be pickled (its id hooks are closures): "
@@ -387,6 +397,7 @@ def _refuse_pickle(self: nn.Module, protocol: Any = None) -> Any:
 
 _INSTANCE_RULES = {
     "resize_token_embeddings": _resize_token_embeddings,
+    "generate": _generate,
     "__deepcopy__": _deepcopy_pruned,
     "__reduce_ex__": _refuse_pickle,
 }

@@ -222,17 +222,21 @@ def _padding_changes(tensors: Iterable[PrunedTensor], kept: KeptVocab) -> list[A
     return changes
 
 
-def config_id_changes(model: nn.Module, kept: KeptVocab) -> list[AttrChange]:
+def config_id_changes(
+    model: nn.Module, kept: KeptVocab, rows: int | None = None
+) -> list[AttrChange]:
     """The config and generation-config token ids (pad, bos, eos, ...) moved to their kept ids,
-    for a model that reads kept ids (ids='kept', compact exports). Refuses a kept vocabulary
-    that would move a pad id the model also uses as a position offset."""
+    for a model that reads kept ids (ids='kept', compact exports, a pruned model decoding over
+    the kept ids: `rows` = its input embedding's, when its configs already give the kept size).
+    Refuses a kept vocabulary that would move a pad id the model also uses as a position
+    offset."""
     _check_position_offsets(model, kept)
-    return _config_id_changes(model, kept)
+    return _config_id_changes(model, kept, kept.vocab_size if rows is None else rows)
 
 
-def _config_id_changes(model: nn.Module, kept: KeptVocab) -> list[AttrChange]:
+def _config_id_changes(model: nn.Module, kept: KeptVocab, rows: int) -> list[AttrChange]:
     changes = []
-    for cfg in config_tree(model, kept.vocab_size):  # sub-configs too: text_config, decoder
+    for cfg in config_tree(model, rows):  # sub-configs too: text_config, decoder
         names = {id(getattr(model, n, None)): n for n in ("config", "generation_config")}
         label = names.get(id(cfg), f"config's {type(cfg).__name__}")
         updates = config_id_updates(

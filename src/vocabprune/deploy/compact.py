@@ -31,11 +31,19 @@ import torch
 from torch import nn
 
 from vocabprune.core.checkpoint import checkpoint_files, header_sha256, read_header, read_rows
+from vocabprune.core.decoding import Switched, generate_over_kept
 from vocabprune.core.errors import MismatchError, UnknownTokenError, VocabPruneError
 from vocabprune.core.files import read_json
-from vocabprune.core.ids import ID_KEYS, IdRemapper, map_ids, spread_logits
+from vocabprune.core.ids import (
+    ID_KEYS,
+    IdRemapper,
+    config_id_updates,
+    map_ids,
+    required_new_id,
+    spread_logits,
+)
 from vocabprune.core.loaders import load_model, model_kwargs
-from vocabprune.core.state import PrunedTensor
+from vocabprune.core.state import AttrChange, PrunedTensor
 from vocabprune.core.surgery import resize, vocab_tensors
 from vocabprune.core.vocab import CONFIG_ID_ATTRS, DEFAULT_FILENAME, KeptVocab
 from vocabprune.deploy.manifest import ORIGINAL_TOKENIZER_DIR, check_unknown, read_manifest
@@ -119,6 +127,7 @@ class InferenceAdapter:
             on_missing=self.grow if unknown == "grow" else None,
         )
         self.grown = 0
+        self.over_kept = False  # while generate() decodes over the compact ids
         self._column_cache: dict[torch.device, torch.Tensor] = {}
         self.handles = [
             model.register_forward_pre_hook(self._pre_hook, with_kwargs=True),
@@ -183,6 +192,8 @@ class InferenceAdapter:
     def _pre_hook(
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if self.over_kept:  # generate() over the compact ids gives compact ids
+            return args, kwargs
         if args and isinstance(args[0], torch.Tensor):
             args = (self.to_new(args[0]), *args[1:])
         for key in ID_KEYS:
@@ -195,7 +206,7 @@ class InferenceAdapter:
         return args, kwargs
 
     def _post_hook(self, module: nn.Module, args: Any, output: Any) -> Any:
-        if not self.vocab_logits:
+        if not self.vocab_logits or self.over_kept:
             return output
         logits = getattr(output, "logits", None) if not isinstance(output, tuple) else None
         if not isinstance(logits, torch.Tensor) or logits.shape[-1] != self.size:
@@ -215,12 +226,33 @@ class InferenceAdapter:
             self._column_cache[device] = cached
         return cached
 
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """The model's generate() (load_compact sets it): over the compact ids, at the speed
+        of a model built with only them, original ids in and out (core/decoding.py)."""
+        return generate_over_kept(
+            self.model, self.kept, self.remapper, self._reading_compact, args, kwargs
+        )
+
+    def _reading_compact(self) -> Switched:
+        """The model reads compact ids and emits their columns; its generation config's ids
+        (original ones, for generate() in original ids) are compact ids for the duration."""
+        gen = self.model.generation_config
+        updates = config_id_updates(
+            gen,
+            lambda attr: required_new_id(
+                self.kept, f"generation_config.{attr}", "generate() runs the stock way"
+            ),
+        )
+        changes = [AttrChange(gen, attr, old, new) for attr, old, new in updates]
+        return Switched(changes, lambda on: setattr(self, "over_kept", on))
+
     def remove(self) -> None:
         """Take the hooks off: the model reads compact ids again."""
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
         self.model.__dict__.pop(ADAPTER_ATTR, None)
+        self.model.__dict__.pop("generate", None)
 
 
 def get_adapter(model: Any) -> InferenceAdapter | None:
@@ -333,6 +365,8 @@ def load_compact(
     )
     model.__dict__[ADAPTER_ATTR] = adapter
     _generation_ids_to_original(model, kept)
+    if adapter.vocab_logits and hasattr(type(model), "generate"):
+        model.__dict__["generate"] = adapter.generate  # as transformers' custom generate does
     return model, tokenizer
 
 
