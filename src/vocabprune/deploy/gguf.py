@@ -468,8 +468,10 @@ def _bert_params(writer: Any, config: dict[str, Any], folder: Path) -> None:
     writer.add_token_type_count(config.get("type_vocab_size", 1))
 
 
-def _pooling(folder: Path) -> str | None:
-    """The sentence-transformers pooling of the folder (MEAN / CLS / LAST), if it has one."""
+def sentence_transformers_pooling(folder: str | os.PathLike[str]) -> str | None:
+    """The sentence-transformers pooling of a model folder (MEAN / CLS / LAST), if it has one
+    (a standalone export has no such files: the CLI reads them from the source model)."""
+    folder = Path(folder)
     modules = folder / "modules.json"
     if not modules.is_file():
         return None
@@ -729,7 +731,7 @@ def export_gguf(
             writer.add_name(name or str(config.get("_name_or_path") or folder.name))
             writer.add_file_type(_file_type(outtype))
             arch.params(writer, config, folder)
-            pooled = None if arch.causal else pooling or _pooling(folder)
+            pooled = None if arch.causal else pooling or sentence_transformers_pooling(folder)
             if pooled is not None:
                 writer.add_pooling_type(getattr(gguf.PoolingType, pooled))
             writer.add_tokenizer_model(vocab.model)
