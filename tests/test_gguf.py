@@ -663,6 +663,25 @@ def test_unigram_vocab_and_refusals():
     never = {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "never"}
     assert not gguf_vocab(_unigram_json(pre_tokenizer=never)).add_space_prefix
     assert not gguf_vocab(_unigram_json(normalizer=None)).remove_extra_whitespaces
+    # transformers' newer converter: Strip(right) + Replace(" {2,}", U+2581); older: the spaces
+    # split off by WhitespaceSplit before Metaspace. Both: llama.cpp's remove_extra_whitespaces
+    newer = {
+        "type": "Sequence",
+        "normalizers": [
+            {"type": "Strip", "strip_left": False, "strip_right": True},
+            {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": "\u2581"},
+        ],
+    }
+    assert gguf_vocab(_unigram_json(normalizer=newer)).remove_extra_whitespaces
+    older = {
+        "type": "Sequence",
+        "pretokenizers": [
+            {"type": "WhitespaceSplit"},
+            {"type": "Metaspace", "replacement": "\u2581", "add_prefix_space": True},
+        ],
+    }
+    vocab = gguf_vocab(_unigram_json(normalizer=None, pre_tokenizer=older))
+    assert vocab.remove_extra_whitespaces and vocab.add_space_prefix
     refused = {
         "no byte fallback": _unigram_json(byte_fallback=True),
         "normalizer has Lowercase": _unigram_json(normalizer={"type": "Lowercase"}),
@@ -810,6 +829,51 @@ def test_e5_tokens_match_full_and_transformers(e5_files):
     got = pruned.tokenize(E5_UNCOVERED.encode())
     assert got == rewritten(E5_UNCOVERED)["input_ids"]
     assert kept.new_id(3) in got  # the kept vocabulary lacks some of it: unknown pieces
+
+
+@pytest.mark.parametrize("variant", ["as-is", "newer-converter", "older-converter"])
+def test_e5_tokenizer_forms_split_alike(tmp_path, e5_files, variant):
+    """The forms transformers' SentencePiece converters write a Unigram tokenizer.json in (the
+    fixture's Replace(" {2,}", " "); Strip(right) + Replace(" {2,}", U+2581); WhitespaceSplit
+    before Metaspace) all give llama.cpp's remove_extra_whitespaces, and llama.cpp then splits
+    text with stray spaces as transformers does with that tokenizer.json (the pruned one)."""
+    from transformers import PreTrainedTokenizerFast
+
+    folder = e5_files["folder"]
+    data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    precompiled = data["normalizer"]["normalizers"][0]
+    if variant == "newer-converter":
+        data["normalizer"]["normalizers"] = [
+            precompiled,
+            {"type": "Strip", "strip_left": False, "strip_right": True},
+            {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": "\u2581"},
+        ]
+    elif variant == "older-converter":
+        data["normalizer"] = precompiled
+        data["pre_tokenizer"] = {
+            "type": "Sequence",
+            "pretokenizers": [{"type": "WhitespaceSplit"}, data["pre_tokenizer"]],
+        }
+    out = tmp_path / "m"
+    out.mkdir()
+    for f in ("config.json", "tokenizer_config.json", "kept_vocab.json"):
+        (out / f).write_bytes((folder / f).read_bytes())
+    (out / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    export_gguf(out, tmp_path / "v.gguf", vocab_only=True)
+    fields, _ = _fields(tmp_path / "v.gguf")
+    assert fields["tokenizer.ggml.remove_extra_whitespaces"] is True
+    _llama()
+    llm = _load(tmp_path / "v.gguf", vocab_only=True)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(out / "tokenizer.json"))
+    spaced = [" " + E5_TEXTS[0].replace(" ", "  "), E5_TEXTS[2] + "   ", *E5_TEXTS[1:]]
+    for text in spaced:
+        want = tokenizer(text)["input_ids"]
+        if variant == "as-is" and text.endswith(" "):
+            # without Strip, transformers ends trailing spaces with a lone U+2581 piece;
+            # llama.cpp, like SentencePiece itself, drops them
+            assert tokenizer.convert_ids_to_tokens(want[-2]) == "\u2581"
+            want = want[:-2] + want[-1:]
+        assert llm.tokenize(text.encode()) == want, text
 
 
 def test_e5_pruned_embeddings_equal_pytorch(e5_files):

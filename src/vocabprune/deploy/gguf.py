@@ -19,7 +19,10 @@ What the file holds, from the folder as written (nothing is re-derived from the 
   own converter writes XLM-R: the pieces with their scores, the unknown piece's type,
   SentencePiece's compiled normalizer (`precompiled_charsmap`, from the tokenizer.json's
   Precompiled step), add_space_prefix from the Metaspace pre-tokenizer and
-  remove_extra_whitespaces from its collapse-spaces step; other normalizers, byte fallback and
+  remove_extra_whitespaces from its collapse-spaces step (or a WhitespaceSplit before
+  Metaspace, as older converters write it: a tokenizer.json without either Strip(right) or
+  WhitespaceSplit ends trailing spaces with a lone U+2581 piece, which llama.cpp, like
+  SentencePiece, drops); other normalizers, byte fallback and
   pieces with an inner U+2581 (transformers splits words first, llama.cpp does not) are refused;
 - byte-fallback BPE vocabularies (Llama 2, Gemma style tokenizer.json) as llama.cpp's
   SentencePiece type: all 256 <0xNN> byte pieces required, scores from the merge order;
@@ -281,7 +284,9 @@ def _spm_vocab(
 
 def _ugm_normalizer(data: dict[str, Any]) -> tuple[bytes | None, bool]:
     """(SentencePiece compiled charsmap, whether runs of spaces merge) of a Unigram tokenizer's
-    normalizer: llama.cpp's UGM tokenizer applies exactly these two steps."""
+    normalizer: llama.cpp's UGM tokenizer applies the charsmap, then (remove_extra_whitespaces)
+    drops leading and trailing spaces and merges runs, which transformers' converters write as
+    Replace(" {2,}", " " or U+2581), with Strip(right) in newer ones."""
     import base64
 
     node = data.get("normalizer") or {}
@@ -298,9 +303,11 @@ def _ugm_normalizer(data: dict[str, Any]) -> tuple[bytes | None, bool]:
         elif (
             kind == "Replace"
             and step.get("pattern", {}).get("Regex") == " {2,}"
-            and step.get("content") == " "
+            and step.get("content") in (" ", "\u2581")
         ):
             merge = True  # SentencePiece's remove_extra_whitespaces
+        elif kind == "Strip" and not step.get("strip_left") and step.get("strip_right"):
+            continue  # trailing spaces: llama.cpp drops them with remove_extra_whitespaces
         else:
             raise UnsupportedModelError(
                 "llama.cpp's Unigram tokenizer normalizes only with SentencePiece's compiled "
@@ -309,21 +316,28 @@ def _ugm_normalizer(data: dict[str, Any]) -> tuple[bytes | None, bool]:
     return charsmap, merge
 
 
-def _ugm_space_prefix(data: dict[str, Any], tokens: list[str], types: list[int]) -> bool:
-    """Whether a space is prepended (Metaspace's prepend scheme); refuses pre-tokenizers other
-    than Metaspace with U+2581, and a word-splitting Metaspace over pieces that hold U+2581 past
-    their start (llama.cpp does not split words, so it could pick them; transformers cannot)."""
+def _ugm_pre_tokenizer(
+    data: dict[str, Any], tokens: list[str], types: list[int]
+) -> tuple[bool, bool]:
+    """(whether a space is prepended, whether words are split at whitespace first) of a
+    Metaspace pre-tokenizer, alone or after WhitespaceSplit (older converters; llama.cpp's
+    remove_extra_whitespaces does the same). Refuses other pre-tokenizers, and word splitting
+    over pieces holding U+2581 past their start (llama.cpp does not split words, so it could
+    pick them; transformers cannot)."""
     import gguf
 
     pre = data.get("pre_tokenizer") or {}
-    if pre.get("type") == "Sequence" and len(pre.get("pretokenizers", [])) == 1:
-        pre = pre["pretokenizers"][0]
-    if pre.get("type") != "Metaspace" or pre.get("replacement", "\u2581") != "\u2581":
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    kinds = [step.get("type") for step in steps]
+    if kinds not in (["Metaspace"], ["WhitespaceSplit", "Metaspace"]) or (
+        steps[-1].get("replacement", "\u2581") != "\u2581"
+    ):
         raise UnsupportedModelError(
             "llama.cpp's Unigram tokenizer writes spaces as U+2581 (a Metaspace pre-tokenizer); "
-            f"this tokenizer's pre-tokenizer is {pre.get('type') or 'none'}"
+            f"this tokenizer's pre-tokenizer is {'+'.join(str(k) for k in kinds) or 'none'}"
         )
-    if pre.get("split", True):
+    metaspace, whitespace_split = steps[-1], len(steps) == 2
+    if metaspace.get("split", True) or whitespace_split:
         normal = int(gguf.TokenType.NORMAL)
         pieces = zip(tokens, types, strict=True)
         inner = next((t for t, k in pieces if k == normal and "\u2581" in t[1:]), None)
@@ -332,10 +346,8 @@ def _ugm_space_prefix(data: dict[str, Any], tokens: list[str], types: list[int])
                 f"the Unigram piece {inner!r} holds U+2581 inside: transformers splits words "
                 "before it and never picks it, llama.cpp does not split and could"
             )
-    scheme = pre.get("prepend_scheme") or (
-        "always" if pre.get("add_prefix_space", True) else "never"
-    )
-    return scheme != "never"
+    legacy = "always" if metaspace.get("add_prefix_space", True) else "never"
+    return (metaspace.get("prepend_scheme") or legacy) != "never", whitespace_split
 
 
 def _ugm_vocab(
@@ -357,15 +369,16 @@ def _ugm_vocab(
     if model.get("unk_id") is not None:
         types[int(model["unk_id"])] = int(gguf.TokenType.UNKNOWN)
     charsmap, merge = _ugm_normalizer(data)
+    space_prefix, whitespace_split = _ugm_pre_tokenizer(data, tokens, types)
     return GGUFVocab(
         "t5",
         pre or "default",
         tokens,
         types,
         scores=scores,
-        add_space_prefix=_ugm_space_prefix(data, tokens, types),
+        add_space_prefix=space_prefix,
         charsmap=charsmap,
-        remove_extra_whitespaces=merge,
+        remove_extra_whitespaces=merge or whitespace_split,
     )
 
 
