@@ -5,7 +5,9 @@ llama.cpp checks: a pruned (standalone) export tokenizes covered text to the sam
 full-vocabulary GGUF and as the packaged original SmolLM2 GGUF (mapped by id), its greedy
 continuation equals the full one's, its logits equal the full file's at the kept columns, and the
 full file's logits equal the PyTorch model's (Llama, Qwen2, Qwen3, Gemma 3 shapes built from
-configs; MiniLM embeddings for BERT).
+configs; MiniLM embeddings for BERT). multilingual-e5-small (Unigram: llama.cpp's "t5"
+tokenizer): the pruned file splits covered English, Chinese and accented Latin text as the full
+file and transformers do, and embeds as PyTorch does; an XLMRobertaModel's position table.
 """
 
 from __future__ import annotations
@@ -147,9 +149,9 @@ def test_missing_byte_symbol_refused():
 
 
 def test_unsupported_tokenizers_refused():
-    unigram = {"model": {"type": "Unigram", "vocab": [["a", 0.0]]}, "added_tokens": []}
-    with pytest.raises(UnsupportedModelError, match="not Unigram"):
-        gguf_vocab(unigram)
+    wordlevel = {"model": {"type": "WordLevel", "vocab": {"a": 0}}, "added_tokens": []}
+    with pytest.raises(UnsupportedModelError, match="not WordLevel"):
+        gguf_vocab(wordlevel)
     holes = _bpe_json(_byte_level())
     holes["added_tokens"][0]["id"] += 5
     with pytest.raises(VocabPruneError, match="no token for id 256"):
@@ -575,6 +577,8 @@ def test_minilm_embeddings(tmp_path, minilm_dir, minilm_tokenizer, kept_texts):
 def test_refusals(tmp_path, smollm2_dir, small_bpe, kept_texts):
     with pytest.raises(VocabPruneError, match="outtype must be one of f32, f16, q8_0"):
         export_gguf(smollm2_dir, tmp_path / "x.gguf", outtype="q4_0")
+    with pytest.raises(VocabPruneError, match="pooling must be one of NONE, MEAN, CLS, LAST"):
+        export_gguf(smollm2_dir, tmp_path / "x.gguf", pooling="mean")
     with pytest.raises(VocabPruneError, match="model folder not found"):
         export_gguf(tmp_path / "nope", tmp_path / "x.gguf")
     (tmp_path / "exists.gguf").write_bytes(b"keep")
@@ -601,3 +605,329 @@ def test_refusals(tmp_path, smollm2_dir, small_bpe, kept_texts):
     with pytest.raises(VocabPruneError, match="vocab_size 100 but the tokenizer has 1200"):
         export_gguf(odd, tmp_path / "odd.gguf")
     assert not list(tmp_path.glob("*.gguf*tmp*")) and not list(tmp_path.glob(".*tmp*"))
+
+
+# -- XLM-R-type embedding model (multilingual-e5-small: Unigram, llama.cpp's "t5" tokenizer) ----
+
+# Covered text in several scripts (the kept vocabulary is built from it), and text it misses.
+E5_TEXTS = [
+    "The government said on Monday that the economy grew by 3.5% in 2004, more than expected.",
+    "东京是日本的首都，人口超过一千万。",
+    "Le café de la gare était fermé à Noël ; déjà, à l'aube, la foule s'était dispersée.",
+    "Über die Straße in München fährt ein großer, grüner Bus.",
+]
+E5_UNCOVERED = "Москва — столица России, Ελλάδα και Κύπρος."
+# llama.cpp's BERT graph keeps K and V in f16 (about 1e-3 from PyTorch's f32 on e5's pooled
+# embeddings, whose largest entries are about 0.7): pooled f32 files against PyTorch.
+E5_ATOL = 2e-3
+E5_MIN_COSINE = 0.99999
+
+
+def _unigram_json(**changes):
+    """A small Unigram tokenizer.json in XLM-R's form (Precompiled-free), with `changes`."""
+    data = {
+        "added_tokens": [
+            {"id": i, "content": t, "special": True} for i, t in enumerate(("<s>", "<pad>", "</s>"))
+        ]
+        + [{"id": 3, "content": "<unk>", "special": True}],
+        "normalizer": {
+            "type": "Sequence",
+            "normalizers": [{"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}],
+        },
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always"},
+        "model": {
+            "type": "Unigram",
+            "unk_id": 3,
+            "byte_fallback": False,
+            "vocab": [["<s>", 0.0], ["<pad>", 0.0], ["</s>", 0.0], ["<unk>", 0.0]]
+            + [["\u2581a", -1.0], ["b", -2.0], ["\u2581", -3.0]],
+        },
+    }
+    for key, value in changes.items():
+        if key in data["model"]:
+            data["model"][key] = value
+        else:
+            data[key] = value
+    return data
+
+
+def test_unigram_vocab_and_refusals():
+    """A Unigram tokenizer becomes llama.cpp's "t5" vocabulary (scores, unk type, flags); the
+    pipelines llama.cpp's UGM tokenizer cannot reproduce are refused, each naming why."""
+    vocab = gguf_vocab(_unigram_json())
+    assert (vocab.model, vocab.pre, vocab.tokens[4]) == ("t5", "default", "\u2581a")
+    assert vocab.scores == [0.0, 0.0, 0.0, 0.0, -1.0, -2.0, -3.0]
+    assert vocab.types[:5] == [3, 3, 3, 2, 1]  # control, control, control, unknown, normal
+    assert (vocab.add_space_prefix, vocab.remove_extra_whitespaces) == (True, True)
+    assert vocab.charsmap is None
+    never = {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "never"}
+    assert not gguf_vocab(_unigram_json(pre_tokenizer=never)).add_space_prefix
+    assert not gguf_vocab(_unigram_json(normalizer=None)).remove_extra_whitespaces
+    # transformers' newer converter: Strip(right) + Replace(" {2,}", U+2581); older: the spaces
+    # split off by WhitespaceSplit before Metaspace. Both: llama.cpp's remove_extra_whitespaces
+    newer = {
+        "type": "Sequence",
+        "normalizers": [
+            {"type": "Strip", "strip_left": False, "strip_right": True},
+            {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": "\u2581"},
+        ],
+    }
+    assert gguf_vocab(_unigram_json(normalizer=newer)).remove_extra_whitespaces
+    older = {
+        "type": "Sequence",
+        "pretokenizers": [
+            {"type": "WhitespaceSplit"},
+            {"type": "Metaspace", "replacement": "\u2581", "add_prefix_space": True},
+        ],
+    }
+    vocab = gguf_vocab(_unigram_json(normalizer=None, pre_tokenizer=older))
+    assert vocab.remove_extra_whitespaces and vocab.add_space_prefix
+    refused = {
+        "no byte fallback": _unigram_json(byte_fallback=True),
+        "normalizer has Lowercase": _unigram_json(normalizer={"type": "Lowercase"}),
+        "pre-tokenizer is Whitespace": _unigram_json(pre_tokenizer={"type": "Whitespace"}),
+        "holds U\\+2581 inside": _unigram_json(
+            vocab=[["<s>", 0.0], ["<pad>", 0.0], ["</s>", 0.0], ["<unk>", 0.0], ["a\u2581b", -1.0]]
+        ),
+    }
+    for message, data in refused.items():
+        with pytest.raises(UnsupportedModelError, match=message):
+            gguf_vocab(data)
+
+
+def _mean_pooled(folder: Path, dim: int) -> Path:
+    """Give `folder` the sentence-transformers files of a mean-pooled model (e5's pooling)."""
+    (folder / "modules.json").write_text(
+        json.dumps(
+            [
+                {
+                    "idx": 0,
+                    "name": "0",
+                    "path": "",
+                    "type": "sentence_transformers.models.Transformer",
+                },
+                {
+                    "idx": 1,
+                    "name": "1",
+                    "path": "1_Pooling",
+                    "type": "sentence_transformers.models.Pooling",
+                },
+            ]
+        )
+    )
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    pooling = {"word_embedding_dimension": dim, "pooling_mode_mean_tokens": True}
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    return folder
+
+
+def _pooled_pytorch(model, tokenizer, texts) -> np.ndarray:
+    """sentence-transformers' mean pooling of the PyTorch model (no normalization)."""
+    import torch
+
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**enc).last_hidden_state
+    mask = enc["attention_mask"].unsqueeze(-1).float()
+    return ((hidden * mask).sum(1) / mask.sum(1)).double().numpy()
+
+
+def _pooled_llama(path: Path, texts) -> np.ndarray:
+    llm = _load(path, embedding=True)
+    return np.array([llm.embed(t, normalize=False) for t in texts], dtype=np.float64)
+
+
+def _assert_close_embeddings(got: np.ndarray, want: np.ndarray) -> None:
+    np.testing.assert_allclose(got, want, rtol=0, atol=E5_ATOL)
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert (cos > E5_MIN_COSINE).all(), cos
+
+
+@pytest.fixture(scope="module")
+def e5_files(tmp_path_factory, kept_texts):
+    """multilingual-e5-small: the full file vocabulary-only (its tokenizer), the pruned
+    standalone export as an f32 file, and what they were built from."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from vocabprune.fixtures import e5_path
+
+    tmp = tmp_path_factory.mktemp("e5_gguf")
+    full_dir = tmp / "full"  # the cached fixture, with mean pooling beside it
+    full_dir.mkdir()
+    for f in e5_path().iterdir():
+        (full_dir / f.name).symlink_to(f)
+    _mean_pooled(full_dir, 384)
+    tokenizer = AutoTokenizer.from_pretrained(full_dir)
+    model = AutoModel.from_pretrained(full_dir).eval()
+    kept = build_kept_vocab(tokenizer, [*E5_TEXTS, *kept_texts], model=model)
+    folder, kept, _ = export_pruned(model, tokenizer, kept, tmp / "pruned", standalone=True)
+    _mean_pooled(folder, 384)
+    full = export_gguf(full_dir, tmp / "full-vocab.gguf", vocab_only=True)
+    pruned = export_gguf(folder, tmp / "pruned.gguf", outtype="f32")
+    return {
+        "full": Path(full["out"]),
+        "pruned": Path(pruned["out"]),
+        "reports": (full, pruned),
+        "kept": kept,
+        "folder": folder,
+        "model": model,
+        "tokenizer": tokenizer,
+    }
+
+
+def test_e5_file_contents(e5_files):
+    """The pruned "t5" vocabulary: the original's compiled normalizer and whitespace flags, the
+    kept pieces in order with their scores and types, specials renumbered, the kept rows bit
+    for bit, mean pooling as read from the sentence-transformers files."""
+    import base64
+
+    kept, (full_report, pruned_report) = e5_files["kept"], e5_files["reports"]
+    assert full_report["tokenizer_model"] == pruned_report["tokenizer_model"] == "t5"
+    assert full_report["pooling"] == pruned_report["pooling"] == "MEAN"  # read from the folders
+    assert (full_report["tokens"], pruned_report["tokens"]) == (250037, kept.size)  # spare rows
+    fields, reader = _fields(e5_files["pruned"])  # (the full file's 250k-entry arrays: slow)
+    original = json.loads((e5_files["full"].parent / "full" / "tokenizer.json").read_text("utf-8"))
+    charsmap = original["normalizer"]["normalizers"][0]["precompiled_charsmap"]
+    assert bytes(fields["tokenizer.ggml.precompiled_charsmap"]) == base64.b64decode(charsmap)
+    for key in ("add_space_prefix", "remove_extra_whitespaces"):
+        assert fields[f"tokenizer.ggml.{key}"] is True
+    ids = kept.kept_ids.tolist()
+    assert list(fields[KEPT_IDS_KEY]) == ids
+    pieces = original["model"]["vocab"]
+    assert fields["tokenizer.ggml.tokens"] == [pieces[i][0] for i in ids]
+    np.testing.assert_array_equal(
+        np.float32(fields["tokenizer.ggml.scores"]), np.float32([pieces[i][1] for i in ids])
+    )
+    specials = {a["id"] for a in original["added_tokens"] if a["special"]}
+    want_types = [
+        gguf.TokenType.UNKNOWN if i == 3 else gguf.TokenType.CONTROL if i in specials else 1
+        for i in ids
+    ]
+    assert fields["tokenizer.ggml.token_type"] == want_types
+    for key, old in (("bos", 0), ("padding", 1), ("eos", 2), ("unknown", 3)):
+        assert fields[f"tokenizer.ggml.{key}_token_id"] == kept.new_id(old)
+    assert fields["bert.pooling_type"] == gguf.PoolingType.MEAN
+    embd = {t.name: t for t in reader.tensors}["token_embd.weight"]
+    weight = e5_files["model"].get_input_embeddings().weight.detach().numpy()
+    np.testing.assert_array_equal(np.asarray(embd.data).reshape(kept.size, 384), weight[ids])
+
+
+def test_e5_tokens_match_full_and_transformers(e5_files):
+    """llama.cpp's UGM tokenizer splits covered English, CJK and accented Latin text with the
+    pruned file as with the full file (mapped through kept_ids) and as transformers does; text
+    the kept vocabulary misses splits as the rewritten tokenizer.json splits it."""
+    from transformers import AutoTokenizer
+
+    kept, tokenizer = e5_files["kept"], e5_files["tokenizer"]
+    full = _load(e5_files["full"], vocab_only=True)
+    pruned = _load(e5_files["pruned"], vocab_only=True)
+    for text in [*E5_TEXTS, *COVERED]:
+        want = tokenizer(text)["input_ids"]  # <s> ... </s>
+        assert full.tokenize(text.encode()) == want
+        assert [int(kept.kept_ids[t]) for t in pruned.tokenize(text.encode())] == want
+    rewritten = AutoTokenizer.from_pretrained(e5_files["folder"])
+    got = pruned.tokenize(E5_UNCOVERED.encode())
+    assert got == rewritten(E5_UNCOVERED)["input_ids"]
+    assert kept.new_id(3) in got  # the kept vocabulary lacks some of it: unknown pieces
+
+
+@pytest.mark.parametrize("variant", ["as-is", "newer-converter", "older-converter"])
+def test_e5_tokenizer_forms_split_alike(tmp_path, e5_files, variant):
+    """The forms transformers' SentencePiece converters write a Unigram tokenizer.json in (the
+    fixture's Replace(" {2,}", " "); Strip(right) + Replace(" {2,}", U+2581); WhitespaceSplit
+    before Metaspace) all give llama.cpp's remove_extra_whitespaces, and llama.cpp then splits
+    text with stray spaces as transformers does with that tokenizer.json (the pruned one)."""
+    from transformers import PreTrainedTokenizerFast
+
+    folder = e5_files["folder"]
+    data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    precompiled = data["normalizer"]["normalizers"][0]
+    if variant == "newer-converter":
+        data["normalizer"]["normalizers"] = [
+            precompiled,
+            {"type": "Strip", "strip_left": False, "strip_right": True},
+            {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": "\u2581"},
+        ]
+    elif variant == "older-converter":
+        data["normalizer"] = precompiled
+        data["pre_tokenizer"] = {
+            "type": "Sequence",
+            "pretokenizers": [{"type": "WhitespaceSplit"}, data["pre_tokenizer"]],
+        }
+    out = tmp_path / "m"
+    out.mkdir()
+    for f in ("config.json", "tokenizer_config.json", "kept_vocab.json"):
+        (out / f).write_bytes((folder / f).read_bytes())
+    (out / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    export_gguf(out, tmp_path / "v.gguf", vocab_only=True)
+    fields, _ = _fields(tmp_path / "v.gguf")
+    assert fields["tokenizer.ggml.remove_extra_whitespaces"] is True
+    _llama()
+    llm = _load(tmp_path / "v.gguf", vocab_only=True)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(out / "tokenizer.json"))
+    spaced = [" " + E5_TEXTS[0].replace(" ", "  "), E5_TEXTS[2] + "   ", *E5_TEXTS[1:]]
+    for text in spaced:
+        want = tokenizer(text)["input_ids"]
+        if variant == "as-is" and text.endswith(" "):
+            # without Strip, transformers ends trailing spaces with a lone U+2581 piece;
+            # llama.cpp, like SentencePiece itself, drops them
+            assert tokenizer.convert_ids_to_tokens(want[-2]) == "\u2581"
+            want = want[:-2] + want[-1:]
+        assert llm.tokenize(text.encode()) == want, text
+
+
+def test_e5_pruned_embeddings_equal_pytorch(e5_files):
+    """The pruned f32 file's mean-pooled embeddings (llama.cpp's BERT graph) equal the full
+    PyTorch model's sentence-transformers pooling, within llama.cpp's f16 K/V precision."""
+    _llama()
+    texts = [*E5_TEXTS, COVERED[1]]
+    want = _pooled_pytorch(e5_files["model"], e5_files["tokenizer"], texts)
+    _assert_close_embeddings(_pooled_llama(e5_files["pruned"], texts), want)
+
+
+def test_xlm_roberta_positions(tmp_path, e5_files):
+    """An XLMRobertaModel (positions start at padding_idx + 1): llama.cpp gets the position
+    table without its first pad_token_id + 1 rows and the shorter context, and embeds as
+    PyTorch does (a tiny config-built model on the pruned e5 tokenizer)."""
+    import torch
+    import transformers
+
+    folder = e5_files["folder"]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    config = transformers.XLMRobertaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=130,
+        type_vocab_size=1,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    model = transformers.XLMRobertaModel(config).eval()
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")  # no sentence-transformers files: pooling given
+    report = export_gguf(tmp_path / "m", tmp_path / "m.gguf", outtype="f32", pooling="MEAN")
+    assert (report["architecture"], report["gguf_architecture"]) == ("XLMRobertaModel", "bert")
+    assert report["pooling"] == "MEAN"
+    fields, reader = _fields(tmp_path / "m.gguf")
+    offset = tokenizer.pad_token_id + 1
+    assert fields["bert.context_length"] == 130 - offset
+    pos = {t.name: t for t in reader.tensors}["position_embd.weight"]
+    table = model.embeddings.position_embeddings.weight.detach().numpy()
+    np.testing.assert_array_equal(np.asarray(pos.data).reshape(-1, 64), table[offset:])
+    half = export_gguf(tmp_path / "m", tmp_path / "h.gguf", outtype="f16", pooling="MEAN")
+    kinds = {t.name: t.tensor_type.name for t in gguf.GGUFReader(half["out"]).tensors}
+    assert kinds["token_embd.weight"] == kinds["blk.0.attn_q.weight"] == "F16"
+    # llama.cpp adds these tables to f32 activations as they are: f32 in an f16 file
+    assert kinds["position_embd.weight"] == kinds["token_types.weight"] == "F32"
+    _llama()
+    texts = E5_TEXTS[:3]
+    want = _pooled_pytorch(model, tokenizer, texts)
+    _assert_close_embeddings(_pooled_llama(tmp_path / "m.gguf", texts), want)
+    got = _pooled_llama(Path(half["out"]), texts)  # f16 weights: close, not equal
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert (cos > 0.999).all(), cos

@@ -327,6 +327,7 @@ def test_gguf_option_writes_one_gguf_file_from_the_standalone_export(tmp_path, c
     assert summary["out"] == str(out) and summary["outtype"] == "q8_0"
     assert summary["tokens"] == report["kept_tokens"] and summary["kept_ids"] is True
     assert summary["bytes"] == out.stat().st_size
+    assert summary["pooling"] == "MEAN"  # MiniLM's, read from the source model's folder
     types = {t.tensor_type.name for t in reader.tensors if len(t.shape) == 2}
     assert "Q8_0" in types
 

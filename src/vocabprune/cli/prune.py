@@ -297,15 +297,22 @@ def _export_gguf(
     verify: Callable[[Path], dict[str, Any]],
 ) -> tuple[Path, KeptVocab, dict[str, Any]]:
     """--format gguf: the standalone folder in a scratch dir, handed to the GGUF writer
-    (deploy/gguf.py), which writes `--out` as one file (f16 unless --quantize names a type)."""
+    (deploy/gguf.py), which writes `--out` as one file (f16 unless --quantize names a type);
+    an embedding model's pooling is read from the source folder's sentence-transformers files."""
     from vocabprune.core.files import scratch_dir
-    from vocabprune.deploy.gguf import export_gguf
+    from vocabprune.deploy.gguf import export_gguf, sentence_transformers_pooling
 
+    source = Path(opts.model or default_model())
+    pooling = sentence_transformers_pooling(source) if source.is_dir() else None
     with scratch_dir(opts.out, "standalone") as tmp:
         folder, written, checked = export_pruned(
             model, tokenizer, kept, tmp / "model", verify=verify, **export
         )
         checked["gguf"] = export_gguf(
-            folder, opts.out, outtype=opts.quantize or "f16", overwrite=opts.overwrite
+            folder,
+            opts.out,
+            outtype=opts.quantize or "f16",
+            overwrite=opts.overwrite,
+            pooling=pooling,  # (causal LMs: not written)
         )
     return Path(opts.out), written, checked

@@ -15,16 +15,28 @@ What the file holds, from the folder as written (nothing is re-derived from the 
   one and aborts when it is missing (the standalone export keeps every byte symbol the original
   has; a folder lacking one that UTF-8 text can contain is refused here, naming the byte);
 - WordPiece vocabularies in llama.cpp's "phantom space" form (BERT-type embedding models);
+- Unigram vocabularies (XLM-R, multilingual-e5) as llama.cpp's UGM ("t5") tokenizer, as its
+  own converter writes XLM-R: the pieces with their scores, the unknown piece's type,
+  SentencePiece's compiled normalizer (`precompiled_charsmap`, from the tokenizer.json's
+  Precompiled step), add_space_prefix from the Metaspace pre-tokenizer and
+  remove_extra_whitespaces from its collapse-spaces step (or a WhitespaceSplit before
+  Metaspace, as older converters write it: a tokenizer.json without either Strip(right) or
+  WhitespaceSplit ends trailing spaces with a lone U+2581 piece, which llama.cpp, like
+  SentencePiece, drops); other normalizers, byte fallback and
+  pieces with an inner U+2581 (transformers splits words first, llama.cpp does not) are refused;
 - byte-fallback BPE vocabularies (Llama 2, Gemma style tokenizer.json) as llama.cpp's
   SentencePiece type: all 256 <0xNN> byte pieces required, scores from the merge order;
 - the weights in the layout llama.cpp reads (Llama's q/k rows permuted back to its rotary
-  layout, Gemma 3's norm weights +1), as f32, f16 or q8_0 (`gguf.quants`); norms and biases stay
-  f32, and under q8_0 a matrix whose rows are not a multiple of its 32-value block goes f16;
+  layout, Gemma 3's norm weights +1, XLM-R's position table without its first pad_token_id + 1
+  rows, which llama.cpp's positions from 0 never read), as f32, f16 or q8_0 (`gguf.quants`);
+  norms, biases and BERT's position and token-type tables stay f32, and under q8_0 a matrix
+  whose rows are not a multiple of its 32-value block goes f16;
 - `vocabprune.kept_ids`: for a pruned export, the original id of every token (new -> old).
 
 Supported: LlamaForCausalLM (SmolLM2), Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma3ForCausalLM,
-BertModel (mean/CLS pooled embedding models). Byte-level BPE, byte-fallback BPE and WordPiece
-tokenizers; Unigram (llama.cpp needs SentencePiece's compiled normalizer) is refused by name.
+BertModel and XLMRobertaModel (mean/CLS pooled embedding models, pooling read from the
+sentence-transformers files; llama.cpp runs both as its BERT architecture). Byte-level BPE,
+byte-fallback BPE, uncased WordPiece and Unigram (SentencePiece-normalized) tokenizers.
 """
 
 from __future__ import annotations
@@ -41,13 +53,15 @@ from vocabprune.core.errors import UnsupportedModelError, VocabPruneError
 from vocabprune.core.files import atomic_file, read_json
 from vocabprune.core.vocab import DEFAULT_FILENAME
 from vocabprune.deploy.manifest import MANIFEST
-from vocabprune.deploy.tokenizer_rewrite import (  # the one reader of tokenizer.json merges
+from vocabprune.deploy.tokenizer_rewrite import (  # the one reader of tokenizer.json models
     _merge_pairs,
     _merged,
+    _model_vocab,
     is_byte_level,
 )
 
 OUTTYPES = ("f32", "f16", "q8_0")
+POOLINGS = ("NONE", "MEAN", "CLS", "LAST")  # llama.cpp's pooling types an embedding model takes
 KEPT_IDS_KEY = "vocabprune.kept_ids"
 ORIGINAL_VOCAB_KEY = "vocabprune.original_vocab_size"
 
@@ -77,13 +91,16 @@ KNOWN_PRE: dict[str, tuple[tuple[Any, ...], ...]] = {
 class GGUFVocab:
     """What llama.cpp's vocabulary loader reads: tokenizer model, pre-tokenizer, tokens."""
 
-    model: str  # "gpt2" (byte-level BPE), "llama" (byte-fallback BPE) or "bert" (WordPiece)
+    model: str  # "gpt2" (byte-level BPE), "llama" (byte-fallback BPE), "bert" (WordPiece),
+    # "t5" (Unigram: llama.cpp's UGM tokenizer)
     pre: str
     tokens: list[str]
     types: list[int]
     missing_bytes: tuple[int, ...] = ()  # byte-level: bytes with no symbol (never in its text)
-    scores: list[float] | None = None  # "llama": merge priority (higher merges first)
+    scores: list[float] | None = None  # "llama": merge priority; "t5": the piece's log-prob
     add_space_prefix: bool | None = None
+    charsmap: bytes | None = None  # "t5": SentencePiece's compiled normalizer
+    remove_extra_whitespaces: bool | None = None  # "t5": merge runs of spaces, drop trailing
 
 
 def _pre_steps(node: Any) -> tuple[tuple[Any, ...], ...]:
@@ -118,8 +135,7 @@ def pre_tokenizer_name(data: dict[str, Any]) -> str:
 
 
 def _tokens_by_id(data: dict[str, Any]) -> tuple[list[str], dict[int, dict[str, Any]]]:
-    model = data["model"]
-    by_id: dict[int, str] = {int(i): t for t, i in model["vocab"].items()}
+    by_id: dict[int, str] = {int(i): t for t, i in _model_vocab(data["model"]).items()}
     added = {int(a["id"]): a for a in data.get("added_tokens", [])}
     for i, token in added.items():
         by_id[i] = token["content"]
@@ -171,19 +187,22 @@ def _types(tokens: list[str], added: dict[int, dict[str, Any]]) -> list[int]:
 
 
 def gguf_vocab(data: dict[str, Any], *, pre: str | None = None) -> GGUFVocab:
-    """llama.cpp's vocabulary of a `tokenizer.json` (byte-level, byte-fallback BPE, WordPiece)."""
+    """llama.cpp's vocabulary of a `tokenizer.json` (byte-level, byte-fallback BPE, WordPiece,
+    Unigram)."""
     model = data.get("model", {})
     kind = model.get("type")
-    if kind not in ("BPE", "WordPiece") or (
+    if kind not in ("BPE", "WordPiece", "Unigram") or (
         kind == "BPE" and not model.get("byte_fallback") and not is_byte_level(data)
     ):
         what = kind if kind != "BPE" else "BPE without byte-level or byte-fallback pieces"
         raise UnsupportedModelError(
-            f"GGUF export supports byte-level BPE, byte-fallback BPE and WordPiece tokenizers, "
-            f"not {what}"
+            f"GGUF export supports byte-level BPE, byte-fallback BPE, WordPiece and Unigram "
+            f"tokenizers, not {what}"
         )
     tokens, added = _tokens_by_id(data)
     types = _types(tokens, added)
+    if kind == "Unigram":
+        return _ugm_vocab(data, tokens, types, pre)
     if kind == "BPE" and is_byte_level(data) and not model.get("byte_fallback"):
         missing = tuple(_check_byte_symbols(tokens))
         return GGUFVocab("gpt2", pre or pre_tokenizer_name(data), tokens, types, missing)
@@ -263,6 +282,106 @@ def _spm_vocab(
     )
 
 
+def _ugm_normalizer(data: dict[str, Any]) -> tuple[bytes | None, bool]:
+    """(SentencePiece compiled charsmap, whether runs of spaces merge) of a Unigram tokenizer's
+    normalizer: llama.cpp's UGM tokenizer applies the charsmap, then (remove_extra_whitespaces)
+    drops leading and trailing spaces and merges runs, which transformers' converters write as
+    Replace(" {2,}", " " or U+2581), with Strip(right) in newer ones."""
+    import base64
+
+    node = data.get("normalizer") or {}
+    steps = (
+        node.get("normalizers", []) if node.get("type") == "Sequence" else [node] if node else []
+    )
+    charsmap, merge = None, False
+    for step in steps:
+        kind = step.get("type")
+        if kind == "Precompiled" and step.get("precompiled_charsmap"):
+            charsmap = base64.b64decode(step["precompiled_charsmap"])
+        elif kind == "Precompiled":
+            continue  # an empty charsmap: no normalization
+        elif (
+            kind == "Replace"
+            and step.get("pattern", {}).get("Regex") == " {2,}"
+            and step.get("content") in (" ", "\u2581")
+        ):
+            merge = True  # SentencePiece's remove_extra_whitespaces
+        elif kind == "Strip" and not step.get("strip_left") and step.get("strip_right"):
+            continue  # trailing spaces: llama.cpp drops them with remove_extra_whitespaces
+        else:
+            raise UnsupportedModelError(
+                "llama.cpp's Unigram tokenizer normalizes only with SentencePiece's compiled "
+                f"charsmap and by merging runs of spaces; this tokenizer's normalizer has {kind}"
+            )
+    return charsmap, merge
+
+
+def _ugm_pre_tokenizer(
+    data: dict[str, Any], tokens: list[str], types: list[int]
+) -> tuple[bool, bool]:
+    """(whether a space is prepended, whether words are split at whitespace first) of a
+    Metaspace pre-tokenizer, alone or after WhitespaceSplit (older converters; llama.cpp's
+    remove_extra_whitespaces does the same). Refuses other pre-tokenizers, and word splitting
+    over pieces holding U+2581 past their start (llama.cpp does not split words, so it could
+    pick them; transformers cannot)."""
+    import gguf
+
+    pre = data.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    kinds = [step.get("type") for step in steps]
+    if kinds not in (["Metaspace"], ["WhitespaceSplit", "Metaspace"]) or (
+        steps[-1].get("replacement", "\u2581") != "\u2581"
+    ):
+        raise UnsupportedModelError(
+            "llama.cpp's Unigram tokenizer writes spaces as U+2581 (a Metaspace pre-tokenizer); "
+            f"this tokenizer's pre-tokenizer is {'+'.join(str(k) for k in kinds) or 'none'}"
+        )
+    metaspace, whitespace_split = steps[-1], len(steps) == 2
+    if metaspace.get("split", True) or whitespace_split:
+        normal = int(gguf.TokenType.NORMAL)
+        pieces = zip(tokens, types, strict=True)
+        inner = next((t for t, k in pieces if k == normal and "\u2581" in t[1:]), None)
+        if inner is not None:
+            raise UnsupportedModelError(
+                f"the Unigram piece {inner!r} holds U+2581 inside: transformers splits words "
+                "before it and never picks it, llama.cpp does not split and could"
+            )
+    legacy = "always" if metaspace.get("add_prefix_space", True) else "never"
+    return (metaspace.get("prepend_scheme") or legacy) != "never", whitespace_split
+
+
+def _ugm_vocab(
+    data: dict[str, Any], tokens: list[str], types: list[int], pre: str | None
+) -> GGUFVocab:
+    """A Unigram vocabulary (XLM-R, T5, multilingual-e5 style) as llama.cpp's UGM ("t5") one:
+    llama.cpp finds the highest-scoring split over the same pieces and scores (Viterbi), after
+    SentencePiece's compiled normalizer; unknown characters score the lowest normal piece's
+    score minus 10, as in `tokenizers` (a pruned tokenizer keeps that piece)."""
+    import gguf
+
+    model = data["model"]
+    if model.get("byte_fallback"):
+        raise UnsupportedModelError(
+            "llama.cpp's Unigram tokenizer has no byte fallback; this Unigram model has one"
+        )
+    scores = [float(score) for _piece, score in model["vocab"]]
+    scores += [0.0] * (len(tokens) - len(scores))  # added tokens past the model's pieces
+    if model.get("unk_id") is not None:
+        types[int(model["unk_id"])] = int(gguf.TokenType.UNKNOWN)
+    charsmap, merge = _ugm_normalizer(data)
+    space_prefix, whitespace_split = _ugm_pre_tokenizer(data, tokens, types)
+    return GGUFVocab(
+        "t5",
+        pre or "default",
+        tokens,
+        types,
+        scores=scores,
+        add_space_prefix=space_prefix,
+        charsmap=charsmap,
+        remove_extra_whitespaces=merge or whitespace_split,
+    )
+
+
 # -- the architectures --------------------------------------------------------------------------
 
 
@@ -333,8 +452,24 @@ def _gemma3_params(writer: Any, config: dict[str, Any], folder: Path) -> None:
             writer.add_rope_freq_base_swa(float(swa["rope_theta"]))
 
 
+def _position_offset(config: dict[str, Any]) -> int:
+    """XLM-R's first position is padding_idx + 1: the rows before it are never read, and
+    llama.cpp (positions from 0) gets the table without them."""
+    return int(config.get("pad_token_id", 1)) + 1
+
+
+def _xlmr_params(writer: Any, config: dict[str, Any], folder: Path) -> None:
+    positions = int(config["max_position_embeddings"]) - _position_offset(config)
+    _bert_params(writer, {**config, "max_position_embeddings": positions}, folder)
+
+
+def _xlmr_tensor(name: str, w: np.ndarray, config: dict[str, Any]) -> np.ndarray:
+    if name == "embeddings.position_embeddings.weight":
+        return w[_position_offset(config) :]
+    return w
+
+
 def _bert_params(writer: Any, config: dict[str, Any], folder: Path) -> None:
-    import gguf
 
     writer.add_block_count(config["num_hidden_layers"])
     writer.add_context_length(config["max_position_embeddings"])
@@ -344,13 +479,12 @@ def _bert_params(writer: Any, config: dict[str, Any], folder: Path) -> None:
     writer.add_layer_norm_eps(config.get("layer_norm_eps", 1e-12))
     writer.add_causal_attention(False)
     writer.add_token_type_count(config.get("type_vocab_size", 1))
-    pooling = _pooling(folder)
-    if pooling is not None:
-        writer.add_pooling_type(getattr(gguf.PoolingType, pooling))
 
 
-def _pooling(folder: Path) -> str | None:
-    """The sentence-transformers pooling of the folder (MEAN / CLS / LAST), if it has one."""
+def sentence_transformers_pooling(folder: str | os.PathLike[str]) -> str | None:
+    """The sentence-transformers pooling of a model folder (MEAN / CLS / LAST), if it has one
+    (a standalone export has no such files: the CLI reads them from the source model)."""
+    folder = Path(folder)
     modules = folder / "modules.json"
     if not modules.is_file():
         return None
@@ -411,6 +545,7 @@ ARCHES: dict[str, Arch] = {
     "Qwen3ForCausalLM": Arch("QWEN3", _qwen_params),
     "Gemma3ForCausalLM": Arch("GEMMA3", _gemma3_params, _gemma3_tensor),
     "BertModel": Arch("BERT", _bert_params, causal=False),
+    "XLMRobertaModel": Arch("BERT", _xlmr_params, _xlmr_tensor, causal=False),
 }
 # Tensors llama.cpp does not read: rotary caches, position id buffers, BERT's pooler and heads.
 _SKIP_SUFFIXES = ("rotary_emb.inv_freq", "position_ids")
@@ -452,11 +587,16 @@ def _tensors(folder: Path) -> Iterator[tuple[str, np.ndarray]]:
                 yield name, f.get_tensor(name).float().numpy()
 
 
+# Tables llama.cpp's BERT graph adds to f32 activations as they are (ggml_add takes no f16
+# operand on the CPU; llama.cpp's converter keeps them f32 too).
+_F32_TENSORS = ("position_embd.weight", "token_types.weight")
+
+
 def _encode(w: np.ndarray, name: str, outtype: str) -> tuple[np.ndarray, Any]:
-    """The array to write and its GGML type: 1-D tensors and norms stay f32."""
+    """The array to write and its GGML type: 1-D tensors, norms and `_F32_TENSORS` stay f32."""
     import gguf
 
-    if outtype == "f32" or w.ndim <= 1 or name.endswith("_norm.weight"):
+    if outtype == "f32" or w.ndim <= 1 or name.endswith("_norm.weight") or name in _F32_TENSORS:
         return w.astype(np.float32), gguf.GGMLQuantizationType.F32
     if outtype == "q8_0" and w.shape[-1] % 32 == 0:
         qtype = gguf.GGMLQuantizationType.Q8_0
@@ -484,7 +624,9 @@ def _add_tensors(
     tied = bool(config.get("tie_word_embeddings", arch.causal))
     count = 0
     for hf_name, w in _tensors(folder):
-        name = hf_name.removeprefix("bert.") if arch.gguf_arch == "BERT" else hf_name
+        name = hf_name
+        if arch.gguf_arch == "BERT":  # a task model's encoder: llama.cpp's names start below it
+            name = name.removeprefix("bert.").removeprefix("roberta.")
         if name.endswith(_SKIP_SUFFIXES) or name.startswith(_SKIP_PREFIXES):
             continue
         if tied and name == "lm_head.weight":
@@ -558,12 +700,15 @@ def export_gguf(
     name: str | None = None,
     vocab_only: bool = False,
     overwrite: bool = False,
+    pooling: str | None = None,
 ) -> dict[str, Any]:
     """Write the model folder `source` (a standalone export, or a full model) as a GGUF file.
 
     `outtype`: f32, f16 or q8_0 (2-D weights; norms and biases stay f32). `pre`: llama.cpp's
     pre-tokenizer name, when `tokenizer.json`'s is not one of `KNOWN_PRE`. `vocab_only`: the
     tokenizer and hyperparameters without tensors (llama.cpp loads it with vocab_only=True).
+    `pooling` (embedding models): one of `POOLINGS`, for a folder without the
+    sentence-transformers files it is otherwise read from (a standalone export has none).
     The file is written atomically. Returns a summary (arch, tokenizer, sizes).
     """
     import gguf
@@ -572,6 +717,8 @@ def export_gguf(
         raise VocabPruneError(f"GGUF outtype must be one of {', '.join(OUTTYPES)}, not {outtype!r}")
     if pre is not None and not isinstance(pre, str):
         raise VocabPruneError(f"pre must be a llama.cpp pre-tokenizer name, not {pre!r}")
+    if pooling is not None and pooling not in POOLINGS:
+        raise VocabPruneError(f"GGUF pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
     folder, target = Path(source), Path(out_file)
     if target.exists() and not overwrite:
         raise FileExistsError(f"output file already exists: {target} (choose another or overwrite)")
@@ -597,6 +744,9 @@ def export_gguf(
             writer.add_name(name or str(config.get("_name_or_path") or folder.name))
             writer.add_file_type(_file_type(outtype))
             arch.params(writer, config, folder)
+            pooled = None if arch.causal else pooling or sentence_transformers_pooling(folder)
+            if pooled is not None:
+                writer.add_pooling_type(getattr(gguf.PoolingType, pooled))
             writer.add_tokenizer_model(vocab.model)
             writer.add_tokenizer_pre(vocab.pre)
             writer.add_token_list(vocab.tokens)
@@ -605,6 +755,10 @@ def export_gguf(
                 writer.add_token_scores(vocab.scores)
             if vocab.add_space_prefix is not None:
                 writer.add_add_space_prefix(vocab.add_space_prefix)
+            if vocab.remove_extra_whitespaces is not None:
+                writer.add_remove_extra_whitespaces(vocab.remove_extra_whitespaces)
+            if vocab.charsmap:
+                writer.add_precompiled_charsmap(vocab.charsmap)
             special = gguf.SpecialVocab(folder, load_merges=vocab.model == "gpt2", n_vocab=n_vocab)
             special.add_to_gguf(writer, quiet=True)
             if kept is not None:
@@ -630,6 +784,7 @@ def export_gguf(
         "merges": len(special.merges),
         "special_ids": dict(special.special_token_ids),
         "tensors": n_tensors,
+        "pooling": pooled,
         "bytes_without_symbol": [f"0x{b:02X}" for b in vocab.missing_bytes],
         "kept_ids": kept is not None,
         "bytes": target.stat().st_size,
