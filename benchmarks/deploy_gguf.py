@@ -319,20 +319,15 @@ def run_encoder(name: str, texts: list[str], args: argparse.Namespace) -> dict[s
     with tempfile.TemporaryDirectory(prefix="vp-gguf-bench-") as tmp:
         prep = _prepare_encoder(name, Path(tmp), texts, args.outtype)
         kept = prep["kept"]
-        inputs = {"full": prep["inputs"]}
-        inputs["pruned"] = [[int(kept.old_to_new[t]) for t in ids] for ids in prep["inputs"]]
-        runs: dict[str, list[dict[str, Any]]] = {"full": [], "pruned": []}
-        for rep in range(args.reps):
-            for variant in ("full", "pruned") if rep % 2 == 0 else ("pruned", "full"):
-                spec = {
-                    "path": prep["files"][variant]["out"],
-                    "inputs": inputs[variant],
-                    "batches": args.batches,
-                    "threads": args.threads,
-                }
-                result = benchlib.run_fresh("deploy_gguf:measure_encoder", spec, timeout=1200)
-                benchlib_log(f"{name} {variant} rep {rep}: " + _short(result))
-                runs[variant].append(result)
+        pruned = [[int(kept.old_to_new[t]) for t in ids] for ids in prep["inputs"]]
+        runs = _interleaved(
+            name,
+            prep["files"],
+            {"full": {"inputs": prep["inputs"]}, "pruned": {"inputs": pruned}},
+            "deploy_gguf:measure_encoder",
+            {"batches": args.batches, "threads": args.threads},
+            args.reps,
+        )
     out: dict[str, Any] = {
         "model": name,
         "kind": "encoder",
@@ -373,6 +368,26 @@ def _covered_equal(full: list[list[int]], pruned: list[list[int]], kept: Any) ->
     return {"sequences_equal": same, "sequences": len(full), "tokens_compared": compared}
 
 
+def _interleaved(
+    name: str,
+    files: dict[str, Any],
+    inputs: dict[str, dict[str, Any]],
+    child: str,
+    settings: dict[str, Any],
+    reps: int,
+) -> dict[str, list[dict[str, Any]]]:
+    """Each variant's file measured by `child` in a fresh process, `reps` times, full and pruned
+    alternating which goes first."""
+    runs: dict[str, list[dict[str, Any]]] = {"full": [], "pruned": []}
+    for rep in range(reps):
+        for variant in ("full", "pruned") if rep % 2 == 0 else ("pruned", "full"):
+            spec = {"path": files[variant]["out"], **inputs[variant], **settings}
+            result = benchlib.run_fresh(child, spec, timeout=1200)
+            benchlib_log(f"{name} {variant} rep {rep}: " + _short(result))
+            runs[variant].append(result)
+    return runs
+
+
 def _median(runs: list[dict[str, Any]], key: str) -> float | None:
     values = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
     return statistics.median(values) if values else None
@@ -385,18 +400,14 @@ def run_model(name: str, texts: list[str], args: argparse.Namespace) -> dict[str
         kept = prep["kept"]
         prompts = {"full": prep["prompts"]}
         prompts["pruned"] = [[int(kept.old_to_new[t]) for t in p] for p in prep["prompts"]]
-        runs: dict[str, list[dict[str, Any]]] = {"full": [], "pruned": []}
-        for rep in range(args.reps):
-            for variant in ("full", "pruned") if rep % 2 == 0 else ("pruned", "full"):
-                spec = {
-                    "path": prep["files"][variant]["out"],
-                    "prompts": prompts[variant],
-                    "tokens": args.tokens,
-                    "threads": args.threads,
-                }
-                result = benchlib.run_fresh("deploy_gguf:measure", spec, timeout=1200)
-                benchlib_log(f"{name} {variant} rep {rep}: " + _short(result))
-                runs[variant].append(result)
+        runs = _interleaved(
+            name,
+            prep["files"],
+            {v: {"prompts": prompts[v]} for v in ("full", "pruned")},
+            "deploy_gguf:measure",
+            {"tokens": args.tokens, "threads": args.threads},
+            args.reps,
+        )
     out: dict[str, Any] = {
         "model": name,
         "kind": "lm",
