@@ -187,7 +187,133 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
+# -- each method in its own fresh process ------------------------------------------------------
+
+
+def child(spec: dict[str, Any]) -> dict[str, Any]:
+    """One method in a fresh process: load the saved full model (or the compact export), build
+    the method's model, decode the given prompts once untimed (4 tokens) and once timed."""
+    import vocabprune as vp
+    from vocabprune.core.vocab import KeptVocab
+
+    torch.set_num_threads(spec["threads"])
+    folder = Path(spec["folder"])
+    kept = KeptVocab.load(folder / "kept.json")
+    method = spec["method"]
+    if method == "compact":
+        from transformers import AutoTokenizer
+
+        from vocabprune.fixtures import e5_path
+
+        model, _ = vp.load_compact(
+            folder / "compact", tokenizer=AutoTokenizer.from_pretrained(e5_path())
+        )
+    else:
+        import transformers
+
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder / "full").eval()
+        if method == "oracle":
+            model = benchlib.naive_slice(model, kept).eval()
+        elif method == "inplace":
+            vp.prune(model, kept, output="prune")
+    table = torch.as_tensor(kept.old_to_new)
+    ids = torch.as_tensor(spec["prompts"])
+    pad = int(spec["pad"])
+    if method == "oracle":
+        ids, pad = table[ids], int(table[pad])
+    out: dict[str, Any] = {"method": method}
+    with torch.inference_mode():
+        model.generation_config.eos_token_id = None
+        model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4,
+            do_sample=False, pad_token_id=pad,
+        )  # fmt: skip
+        start, cpu = time.perf_counter(), time.process_time()
+        tokens = _generate(model, ids, pad)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    if method == "oracle":
+        tokens = torch.as_tensor(kept.kept_ids)[tokens]
+    n = ids.shape[0] * NEW_TOKENS
+    out.update(tokens_per_second=n / seconds, tokens_per_cpu_second=n / cpu, tokens=tokens.tolist())
+    return out
+
+
+def main_fresh() -> dict[str, Any]:
+    """Every method in its own fresh process (one model per process: no other model's memory
+    beside it), methods rotating, REPS repetitions, batch 1 and 8."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    import vocabprune as vp
+    from vocabprune.deploy.export import export_pruned
+    from vocabprune.fixtures import e5_path
+
+    shape = benchlib.SHAPES[SHAPE]
+    config = benchlib.build_config(shape)
+    config.use_cache = True
+    torch.manual_seed(0)
+    full = benchlib.build_model(config, shape.model_class).eval()
+    flat, _, _ = benchlib.load_ids()
+    data = benchlib.corpus_ids(flat, config.vocab_size, pad_id=config.pad_token_id)
+    kept = benchlib.kept_vocab(data, config.vocab_size, config)
+    prompts = np.resize(data, 64 * PROMPT_TOKENS).reshape(64, PROMPT_TOKENS)
+    pad = int(config.pad_token_id)
+    cpu: dict[str, dict[int, list[float]]] = {m: {b: [] for b in BATCHES} for m in METHODS}
+    wall: dict[str, dict[int, list[float]]] = {m: {b: [] for b in BATCHES} for m in METHODS}
+    same = {m: True for m in ("inplace", "compact")}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        full.save_pretrained(folder / "full")
+        kept.save(folder / "kept.json")
+        full = type(full).from_pretrained(folder / "full").eval()
+        export_pruned(full, AutoTokenizer.from_pretrained(e5_path()), kept, folder / "compact")
+        del full
+        for batch in BATCHES:
+            for rep in range(REPS):
+                rows = prompts[rep * batch : (rep + 1) * batch].tolist()
+                outs = {}
+                for name in METHODS[rep % len(METHODS) :] + METHODS[: rep % len(METHODS)]:
+                    spec = {"method": name, "folder": str(folder), "prompts": rows, "pad": pad}
+                    spec["threads"] = THREADS
+                    got = benchlib.run_fresh("decode_speed:child", spec, timeout=1800)
+                    if "error" in got:
+                        raise RuntimeError(f"{name}: {got['error']}")
+                    cpu[name][batch].append(got["tokens_per_cpu_second"])
+                    wall[name][batch].append(got["tokens_per_second"])
+                    outs[name] = got["tokens"]
+                for name in same:
+                    same[name] &= outs[name] == outs["oracle"]
+    med = {m: {b: statistics.median(cpu[m][b]) for b in BATCHES} for m in METHODS}
+    return {
+        "shape": SHAPE,
+        "design": "each method in its own fresh process",
+        "kept": kept.size,
+        "vocab_size": kept.vocab_size,
+        "new_tokens": NEW_TOKENS,
+        "reps": REPS,
+        "threads": THREADS,
+        "tokens_per_cpu_second": cpu,
+        "median_tokens_per_cpu_second": med,
+        "cpu_vs_oracle": {
+            m: {b: round(med[m][b] / med["oracle"][b], 3) for b in BATCHES} for m in METHODS
+        },
+        "tokens_per_second": wall,
+        "tokens_equal_oracle": same,
+        "vocabprune": vp.__file__,
+        "machine": benchlib.machine_info(),
+    }
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--fresh"]:
+    out = main_fresh()
+    name = (
+        "decode_speed_fresh.json" if SHAPE == "gemma3-270m" else f"decode_speed_fresh_{SHAPE}.json"
+    )
+    (RESULT.parent / name).write_text(json.dumps(out, indent=2, default=str))
+    print(json.dumps({k: out[k] for k in ("cpu_vs_oracle", "tokens_equal_oracle")}))
+    for m in METHODS:
+        print(m, {b: [round(x, 1) for x in out["tokens_per_cpu_second"][m][b]] for b in BATCHES})
+elif __name__ == "__main__":
     out = main()
     print(table(out))
     RESULT.parent.mkdir(parents=True, exist_ok=True)
