@@ -227,8 +227,8 @@ class InferenceAdapter:
         return cached
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
-        """The model's generate() (load_compact sets it): over the compact ids, at the speed
-        of a model built with only them, original ids in and out (core/decoding.py)."""
+        """The model's generate() (load_compact sets it): over the compact ids, with no
+        per-step work over the whole vocabulary, original ids in and out (core/decoding.py)."""
         return generate_over_kept(
             self.model, self.kept, self.remapper, self._reading_compact, args, kwargs
         )

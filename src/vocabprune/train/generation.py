@@ -2,7 +2,7 @@
 
 A model whose output head is pruned can only emit kept ids. Pruned with the default
 ids="original", it takes and returns original ids itself, so stock `model.generate()` works (and
-decodes over the kept ids, at the speed of a model built with only them: core/decoding.py).
+decodes over the kept ids, with no per-step work over the whole vocabulary: core/decoding.py).
 Pruned with ids="kept", it emits kept ids: `generate` remaps the prompt (and every token id given
 to `generate`), calls the model's own `generate()`, and maps the result back. No LogitsProcessor is
 involved: the softmax of a pruned head is already restricted to the kept vocabulary (a choice:
