@@ -609,6 +609,20 @@ def kept_vocab(data: np.ndarray, vocab_size: int, config: Any) -> Any:
     )
 
 
+def decoding_model(shape: Shape) -> tuple[nn.Module, np.ndarray, Any]:
+    """(the shape's model with random weights, seed 0, KV cache on; the corpus ids in its
+    vocabulary; the kept vocabulary of those ids): what the decoding benchmarks compare."""
+    import torch
+
+    config = build_config(shape)
+    config.use_cache = True
+    torch.manual_seed(0)
+    model = build_model(config, shape.model_class).eval()
+    flat, _, _ = load_ids()
+    data = corpus_ids(flat, config.vocab_size, pad_id=config.pad_token_id)
+    return model, data, kept_vocab(data, config.vocab_size, config)
+
+
 def lookup(kept: Any, ids: Any) -> Any:
     """Original ids -> kept ids, by a plain table lookup (what an oracle's data pipeline does)."""
     import torch

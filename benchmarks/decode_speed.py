@@ -62,13 +62,7 @@ def _models(shape: benchlib.Shape, folder: Path) -> tuple[dict[str, Any], Any, t
 
     import vocabprune as vp
 
-    config = benchlib.build_config(shape)
-    config.use_cache = True
-    torch.manual_seed(0)
-    full = benchlib.build_model(config, shape.model_class).eval()
-    flat, _, _ = benchlib.load_ids()
-    data = benchlib.corpus_ids(flat, config.vocab_size, pad_id=config.pad_token_id)
-    kept = benchlib.kept_vocab(data, config.vocab_size, config)
+    full, data, kept = benchlib.decoding_model(shape)
     oracle = benchlib.naive_slice(copy.deepcopy(full), kept).eval()
     inplace = copy.deepcopy(full).eval()
     vp.prune(inplace, kept, output="prune")  # the restricted head: decodes over kept ids
@@ -248,16 +242,9 @@ def main_fresh() -> dict[str, Any]:
     from vocabprune.deploy.export import export_pruned
     from vocabprune.fixtures import e5_path
 
-    shape = benchlib.SHAPES[SHAPE]
-    config = benchlib.build_config(shape)
-    config.use_cache = True
-    torch.manual_seed(0)
-    full = benchlib.build_model(config, shape.model_class).eval()
-    flat, _, _ = benchlib.load_ids()
-    data = benchlib.corpus_ids(flat, config.vocab_size, pad_id=config.pad_token_id)
-    kept = benchlib.kept_vocab(data, config.vocab_size, config)
+    full, data, kept = benchlib.decoding_model(benchlib.SHAPES[SHAPE])
     prompts = np.resize(data, 64 * PROMPT_TOKENS).reshape(64, PROMPT_TOKENS)
-    pad = int(config.pad_token_id)
+    pad = int(full.config.pad_token_id)
     cpu: dict[str, dict[int, list[float]]] = {m: {b: [] for b in BATCHES} for m in METHODS}
     wall: dict[str, dict[int, list[float]]] = {m: {b: [] for b in BATCHES} for m in METHODS}
     same = {m: True for m in ("inplace", "compact")}

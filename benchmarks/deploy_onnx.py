@@ -171,18 +171,10 @@ def _export_gemma(root: Path) -> dict[str, Any]:
     import copy
 
     import numpy as np
-    import torch
 
     import vocabprune as vp
 
-    shape = benchlib.SHAPES["gemma3-270m"]
-    config = benchlib.build_config(shape)
-    config.use_cache = True
-    torch.manual_seed(0)
-    full = benchlib.build_model(config, shape.model_class).eval()
-    flat, _, _ = benchlib.load_ids()
-    data = benchlib.corpus_ids(flat, config.vocab_size, pad_id=config.pad_token_id)
-    kept = benchlib.kept_vocab(data, config.vocab_size, config)
+    full, data, kept = benchlib.decoding_model(benchlib.SHAPES["gemma3-270m"])
     oracle = benchlib.naive_slice(copy.deepcopy(full), kept).eval()
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         full.save_pretrained(Path(tmp) / "full")
