@@ -43,6 +43,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -338,17 +339,9 @@ def run_encoder(name: str, texts: list[str], args: argparse.Namespace) -> dict[s
         "machine": machine,
     }
     for variant in ("full", "pruned"):
-        rs = runs[variant]
-        out[variant] = {
-            "file_bytes": prep["files"][variant]["bytes"],
-            "export_seconds": prep["export_seconds"][variant],
-            "tokens": prep["files"][variant]["tokens"],
-            "load_seconds": _median(rs, "load_seconds"),
-            "peak_rss": _median(rs, "peak_rss"),
-            "batch_seconds": _median(rs, "batch_seconds"),
-            "batch_cpu_seconds": _median(rs, "batch_cpu_seconds"),
-            "runs": [{k: v for k, v in r.items() if k != "embeddings"} for r in rs],
-        }
+        out[variant] = _summary(
+            prep, variant, runs[variant], ("batch_seconds", "batch_cpu_seconds"), "embeddings"
+        )
     full_ok = [r for r in runs["full"] if "embeddings" in r]
     pruned_ok = [r for r in runs["pruned"] if "embeddings" in r]
     if full_ok and pruned_ok:
@@ -388,6 +381,27 @@ def _interleaved(
     return runs
 
 
+def _summary(
+    prep: dict[str, Any],
+    variant: str,
+    runs: list[dict[str, Any]],
+    metrics: Sequence[str],
+    bulky: str,
+) -> dict[str, Any]:
+    """One variant's file facts and the medians of its runs (load, peak RSS, `metrics`); the
+    runs themselves kept without their `bulky*` outputs."""
+    files = prep["files"][variant]
+    summary = {
+        "file_bytes": files["bytes"],
+        "export_seconds": prep["export_seconds"][variant],
+        "tokens": files["tokens"],
+    }
+    for key in ("load_seconds", "peak_rss", *metrics):
+        summary[key] = _median(runs, key)
+    summary["runs"] = [{k: v for k, v in r.items() if not k.startswith(bulky)} for r in runs]
+    return summary
+
+
 def _median(runs: list[dict[str, Any]], key: str) -> float | None:
     values = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
     return statistics.median(values) if values else None
@@ -416,20 +430,9 @@ def run_model(name: str, texts: list[str], args: argparse.Namespace) -> dict[str
         "settings": {"reps": args.reps, "tokens": args.tokens, "threads": args.threads},
         "machine": machine,
     }
+    rates = [f"tokens_per_{u}_b{b}" for u in ("second", "cpu_second") for b in (1, 8)]
     for variant in ("full", "pruned"):
-        rs = runs[variant]
-        out[variant] = {
-            "file_bytes": prep["files"][variant]["bytes"],
-            "export_seconds": prep["export_seconds"][variant],
-            "tokens": prep["files"][variant]["tokens"],
-            "load_seconds": _median(rs, "load_seconds"),
-            "peak_rss": _median(rs, "peak_rss"),
-            "tokens_per_second_b1": _median(rs, "tokens_per_second_b1"),
-            "tokens_per_second_b8": _median(rs, "tokens_per_second_b8"),
-            "tokens_per_cpu_second_b1": _median(rs, "tokens_per_cpu_second_b1"),
-            "tokens_per_cpu_second_b8": _median(rs, "tokens_per_cpu_second_b8"),
-            "runs": [{k: v for k, v in r.items() if not k.startswith("outputs")} for r in rs],
-        }
+        out[variant] = _summary(prep, variant, runs[variant], rates, "outputs")
     full_ok = [r for r in runs["full"] if "outputs_b1" in r]
     pruned_ok = [r for r in runs["pruned"] if "outputs_b1" in r]
     if full_ok and pruned_ok:
