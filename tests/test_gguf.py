@@ -536,15 +536,10 @@ def test_minilm_embeddings(tmp_path, minilm_dir, minilm_tokenizer, kept_texts):
 
     model = AutoModel.from_pretrained(minilm_dir).eval()
     kept = build_kept_vocab(minilm_tokenizer, kept_texts, model=model)
-    folder, kept, _ = export_pruned(model, minilm_tokenizer, kept, tmp_path / "p", standalone=True)
-    for name in ("modules.json", "1_Pooling"):  # the pooling llama.cpp should apply
-        src = minilm_dir / name
-        if src.is_dir():
-            (folder / name).mkdir()
-            for f in src.iterdir():
-                (folder / name / f.name).write_bytes(f.read_bytes())
-        elif src.is_file():
-            (folder / name).write_bytes(src.read_bytes())
+    folder, kept, _ = export_pruned(  # with the pooling llama.cpp should apply
+        model, minilm_tokenizer, kept, tmp_path / "p", standalone=True,
+        sentence_transformers=minilm_dir,
+    )  # fmt: skip
     full = export_gguf(minilm_dir, tmp_path / "full.gguf", outtype="f32")
     pruned = export_gguf(folder, tmp_path / "pruned.gguf", outtype="f32")
     assert full["tokenizer_model"] == pruned["tokenizer_model"] == "bert"

@@ -289,3 +289,78 @@ def test_sentence_embedding_task_leaves_out_a_pooler_the_checkpoint_lacks(tmp_pa
     with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
         names = list(f.keys())  # noqa: SIM118 - safe_open is not a dict
     assert names and not [k for k in names if "pooler" in k]
+
+
+def test_standalone_export_loads_as_the_source_sentence_transformer(
+    minilm_dir, bbc_texts, tmp_path, capsys
+):
+    """`prune --standalone` of a sentence-transformers folder copies its modules (pooling,
+    normalize, max length): SentenceTransformer(export) embeds covered text as the source does,
+    normalized; converting that folder to ONNX keeps them too."""
+    import json
+
+    from vocabprune.cli.main import main
+
+    texts = bbc_texts["text"][::150]
+    data = tmp_path / "news.jsonl"
+    data.write_text("\n".join(json.dumps({"text": t}) for t in texts), encoding="utf-8")
+    out = tmp_path / "standalone"
+    argv = ["prune", "--data", str(data), "--max-length", "256", "--standalone", "--out", str(out)]
+    assert main(argv) == 0
+    said = "sentence-transformers modules copied from the source: Transformer, Pooling, Normalize"
+    assert said in capsys.readouterr().out
+    source, export = _model(minilm_dir), st.SentenceTransformer(str(out), device="cpu")
+    assert [type(m).__name__ for m in export] == [type(m).__name__ for m in source]
+    assert export.max_seq_length == source.max_seq_length == 256
+    want, got = source.encode(texts), export.encode(texts)
+    assert got.shape == want.shape
+    assert abs(float((got**2).sum(1).max()) - 1) < 1e-5  # the Normalize module came along
+    assert float(abs(got - want).max()) < 1e-5
+    manifest = json.loads((out / "vocabprune_export.json").read_text())
+    assert manifest["sentence_transformers"] == ["Transformer", "Pooling", "Normalize"]
+
+    pytest.importorskip("onnxruntime")
+    onnx = tmp_path / "onnx"
+    vp.export_onnx(out, onnx)
+    assert json.loads((onnx / "modules.json").read_text()) == json.loads(
+        (minilm_dir / "modules.json").read_text()
+    )
+    assert (onnx / "1_Pooling" / "config.json").read_bytes() == (
+        minilm_dir / "1_Pooling" / "config.json"
+    ).read_bytes()
+
+
+def test_sentence_transformers_files_of_an_older_layout_and_bad_paths(tmp_path):
+    """A transformer in a subfolder (older layout) is written at the export's root; a module
+    path leaving the folder is one clear error, nothing copied."""
+    import json
+
+    from vocabprune.deploy.sentence_files import (
+        copy_sentence_transformers_files,
+        sentence_transformers_pooling,
+    )
+
+    source, out = tmp_path / "source", tmp_path / "out"
+    (source / "0_Transformer").mkdir(parents=True)
+    (source / "1_Pooling").mkdir()
+    out.mkdir()
+    modules = [
+        {"idx": 0, "name": "0", "path": "0_Transformer", "type": "x.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "x.models.Pooling"},
+    ]
+    (source / "modules.json").write_text(json.dumps(modules))
+    (source / "0_Transformer" / "sentence_bert_config.json").write_text('{"max_seq_length": 7}')
+    (source / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}')
+    assert copy_sentence_transformers_files(source, out) == ["Transformer", "Pooling"]
+    assert json.loads((out / "modules.json").read_text())[0]["path"] == ""
+    assert json.loads((out / "sentence_bert_config.json").read_text()) == {"max_seq_length": 7}
+    assert sentence_transformers_pooling(out) == "CLS"
+    assert copy_sentence_transformers_files(tmp_path / "plain", out) == []
+
+    modules[1]["path"] = "../elsewhere"
+    (source / "modules.json").write_text(json.dumps(modules))
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    with pytest.raises(vp.VocabPruneError, match="leaves the model folder"):
+        copy_sentence_transformers_files(source, fresh)
+    assert list(fresh.iterdir()) == []

@@ -153,6 +153,12 @@ def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
             file=_stdout(),
         )
         print(_coverage_line(report), file=_stdout())
+        if report.get("sentence_transformers"):
+            print(
+                "sentence-transformers modules copied from the source: "
+                + ", ".join(report["sentence_transformers"]),
+                file=_stdout(),
+            )
     return report
 
 

@@ -32,6 +32,7 @@ from vocabprune.data.sources import Examples, read_examples
 from vocabprune.deploy.coverage import probe_coverage, uncovered_mapping
 from vocabprune.deploy.export import export_pruned, folder_bytes, verify_standalone_tokenizer
 from vocabprune.deploy.selection import boundary_ids, encode, select_lossy
+from vocabprune.deploy.sentence_files import read_modules
 from vocabprune.deploy.tokenizer_rewrite import MergeClosure, required_ids, tokenizer_json
 
 
@@ -262,6 +263,8 @@ def run_prune(opts: PruneOptions, *, log: Callable[[str], None] | None = None) -
     kind = "standalone" if opts.standalone else "compact"
     say(f"writing {kind} model ({opts.format}) to {out}")
     export = dict(standalone=opts.standalone, overwrite=opts.overwrite, unknown=unknown, meta=meta)
+    if opts.standalone and read_modules(model_path) is not None:
+        export["sentence_transformers"] = model_path  # pooling, normalize, prompts: as the source
     if opts.format == "gguf":
         folder, written, checked = _export_gguf(opts, model, tokenizer, kept, export, verify)
     else:
@@ -298,12 +301,11 @@ def _export_gguf(
 ) -> tuple[Path, KeptVocab, dict[str, Any]]:
     """--format gguf: the standalone folder in a scratch dir, handed to the GGUF writer
     (deploy/gguf.py), which writes `--out` as one file (f16 unless --quantize names a type);
-    an embedding model's pooling is read from the source folder's sentence-transformers files."""
+    an embedding model's pooling is read from the sentence-transformers files the standalone
+    folder copied from the source."""
     from vocabprune.core.files import scratch_dir
-    from vocabprune.deploy.gguf import export_gguf, sentence_transformers_pooling
+    from vocabprune.deploy.gguf import export_gguf
 
-    source = Path(opts.model or default_model())
-    pooling = sentence_transformers_pooling(source) if source.is_dir() else None
     with scratch_dir(opts.out, "standalone") as tmp:
         folder, written, checked = export_pruned(
             model, tokenizer, kept, tmp / "model", verify=verify, **export
@@ -313,6 +315,5 @@ def _export_gguf(
             opts.out,
             outtype=opts.quantize or "f16",
             overwrite=opts.overwrite,
-            pooling=pooling,  # (causal LMs: not written)
         )
     return Path(opts.out), written, checked

@@ -45,6 +45,7 @@ from vocabprune.deploy.manifest import (
     check_unknown,
 )
 from vocabprune.deploy.selection import encode
+from vocabprune.deploy.sentence_files import copy_sentence_transformers_files
 from vocabprune.deploy.tokenizer_rewrite import (
     required_ids,
     rewrite_tokenizer_folder,
@@ -138,6 +139,7 @@ def export_pruned(
     verify: Callable[[Path], dict[str, Any]] | None = None,
     export_format: str = "hf",
     quantize: bool = False,
+    sentence_transformers: str | os.PathLike[str] | None = None,
 ) -> tuple[Path, KeptVocab, dict[str, Any]]:
     """Write a compact (or standalone) inference model of `model` restricted to `kept`.
 
@@ -148,13 +150,21 @@ def export_pruned(
     `verify(tmp_folder)` runs on the finished folder before it is renamed into place; it may
     raise to abort the export. `export_format="onnx"` (standalone only) replaces the PyTorch
     weights by `onnx/model.onnx` (int8 `onnx/model_quantized.onnx` too with `quantize`),
-    checked against the model. Returns (folder, kept vocabulary written, verify's report with
-    the ONNX report under "onnx").
+    checked against the model. `sentence_transformers`: the source model's folder, whose
+    sentence-transformers files (modules.json, pooling, normalize, prompts) a standalone export
+    copies, so SentenceTransformer loads it as it loads the source. Returns (folder, kept
+    vocabulary written, verify's report with the ONNX report under "onnx" and the
+    sentence-transformers modules written under "sentence_transformers").
     """
     check_unknown(unknown)
     if check_format(export_format, standalone=standalone, quantize=quantize) == "gguf":
         raise VocabPruneError("GGUF files are written by vocabprune.deploy.gguf.export_gguf")
     kept.check_tokenizer(tokenizer)
+    if sentence_transformers is not None and not standalone:
+        raise VocabPruneError(
+            "sentence_transformers= is for standalone exports (a compact model reads remapped "
+            "ids: SentenceTransformer cannot load it)"
+        )
     data = tokenizer_json(tokenizer) if standalone else None
     kept = _kept_for(model, kept, data)
     was_pruned = get_state(model) is not None
@@ -172,10 +182,16 @@ def export_pruned(
             _write_compact_model(owner, state, tmp)
             kept.save(tmp / DEFAULT_FILENAME)
             _write_tokenizer(tmp, tokenizer, kept, data)
+            if sentence_transformers is not None:
+                manifest["sentence_transformers"] = copy_sentence_transformers_files(
+                    sentence_transformers, tmp
+                )
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
             if verify is not None:
                 report = verify(tmp) or {}
                 manifest["checked"] = dict(report)  # e.g. the tokenizer check, probe coverage
+            if sentence_transformers is not None:
+                report["sentence_transformers"] = manifest["sentence_transformers"]
             if export_format == "onnx":
                 from vocabprune.deploy.onnx import convert_folder
 

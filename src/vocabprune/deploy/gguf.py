@@ -53,6 +53,7 @@ from vocabprune.core.errors import UnsupportedModelError, VocabPruneError
 from vocabprune.core.files import atomic_file, read_json
 from vocabprune.core.vocab import DEFAULT_FILENAME
 from vocabprune.deploy.manifest import MANIFEST
+from vocabprune.deploy.sentence_files import sentence_transformers_pooling
 from vocabprune.deploy.tokenizer_rewrite import (  # the one reader of tokenizer.json models
     _merge_pairs,
     _merged,
@@ -479,26 +480,6 @@ def _bert_params(writer: Any, config: dict[str, Any], folder: Path) -> None:
     writer.add_layer_norm_eps(config.get("layer_norm_eps", 1e-12))
     writer.add_causal_attention(False)
     writer.add_token_type_count(config.get("type_vocab_size", 1))
-
-
-def sentence_transformers_pooling(folder: str | os.PathLike[str]) -> str | None:
-    """The sentence-transformers pooling of a model folder (MEAN / CLS / LAST), if it has one
-    (a standalone export has no such files: the CLI reads them from the source model)."""
-    folder = Path(folder)
-    modules = folder / "modules.json"
-    if not modules.is_file():
-        return None
-    for module in read_json(modules, "modules.json"):
-        if str(module.get("type", "")).endswith("Pooling"):
-            cfg = read_json(folder / module["path"] / "config.json", "pooling config")
-            for key, name in (
-                ("pooling_mode_mean_tokens", "MEAN"),
-                ("pooling_mode_cls_token", "CLS"),
-                ("pooling_mode_lasttoken", "LAST"),
-            ):
-                if cfg.get(key):
-                    return name
-    return None
 
 
 def _permute(w: np.ndarray, n_head: int) -> np.ndarray:

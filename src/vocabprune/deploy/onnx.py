@@ -33,6 +33,7 @@ from torch import nn
 from vocabprune.core.errors import UnsupportedModelError, VocabPruneError
 from vocabprune.core.files import atomic_dir
 from vocabprune.deploy.manifest import MANIFEST, read_manifest
+from vocabprune.deploy.sentence_files import copy_sentence_transformers_files
 
 ONNX_DIR = "onnx"
 MODEL_FILE = "model.onnx"
@@ -388,6 +389,7 @@ def export_onnx(
     quantize: bool = False,
     overwrite: bool = False,
     keep_weights: bool = False,
+    sentence_transformers: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Write an ONNX folder (`onnx/model.onnx`, config.json, tokenizer files) to `out`.
 
@@ -395,6 +397,8 @@ def export_onnx(
     `tokenizer` and the kept vocabulary: a standalone export is written (rewritten tokenizer,
     kept rows only) and converted; or a folder: a standalone export or any stock transformers
     model folder, converted as it is (to compare a full model's ONNX with a pruned one's).
+    A folder's sentence-transformers files come along; for a model, `sentence_transformers`
+    names the source folder whose files to copy (see deploy/sentence_files.py).
     Written atomically; returns the ONNX report (task, inputs, outputs, measured error).
     """
     require_onnx()
@@ -413,6 +417,7 @@ def export_onnx(
             for item in source.iterdir():
                 if item.is_file() and (keep_weights or item.name not in WEIGHT_FILES):
                     shutil.copy2(item, tmp / item.name)
+            copy_sentence_transformers_files(source, tmp)
             report = write_onnx(
                 _load_folder(source), tmp, quantize=quantize, input_names=_tokenizer_inputs(source)
             )
@@ -431,5 +436,6 @@ def export_onnx(
         unknown="unk",
         export_format="onnx",
         quantize=quantize,
+        sentence_transformers=sentence_transformers,
     )
     return report["onnx"]  # type: ignore[no-any-return]
