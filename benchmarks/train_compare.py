@@ -127,6 +127,10 @@ _NLLB_600M = {  # facebook/nllb-200-distilled-600M: shared embedding tied to the
     "bos_token_id": 0,
     "eos_token_id": 2,
     "decoder_start_token_id": 2,
+    # The checkpoint's own values (M2M100Config's defaults are 0.05): with layerdrop, training
+    # skips random layers, and which ones depends on the RNG state each method's build leaves.
+    "encoder_layerdrop": 0.0,
+    "decoder_layerdrop": 0.0,
 }
 _WHISPER_SMALL = {  # openai/whisper-small: decoder embedding tied to proj_out
     "vocab_size": 51_865,
