@@ -364,3 +364,32 @@ def test_sentence_transformers_files_of_an_older_layout_and_bad_paths(tmp_path):
     with pytest.raises(vp.VocabPruneError, match="leaves the model folder"):
         copy_sentence_transformers_files(source, fresh)
     assert list(fresh.iterdir()) == []
+
+
+def test_standalone_export_of_a_sentence_transformer_object_writes_its_modules(
+    minilm_dir, pairs, tmp_path
+):
+    """A SentenceTransformer given to the Python export writes its own modules as they are in
+    memory (here a dense layer no folder holds): the export embeds as the object does."""
+    import json
+
+    from vocabprune.deploy.export import export_pruned
+
+    base = _model(minilm_dir)
+    torch.manual_seed(0)
+    dense = st.models.Dense(base[0].auto_model.config.hidden_size, 16)
+    model = st.SentenceTransformer(modules=[*base, dense], device="cpu")
+    titles, bodies = pairs
+    kept = vp.build_kept_vocab(model, titles, max_length=64)
+    out = tmp_path / "export"
+    _, _, report = export_pruned(model, model.tokenizer, kept, out, standalone=True, unknown="unk")
+    assert report["sentence_transformers"] == ["Transformer", "Pooling", "Normalize", "Dense"]
+    assert not (out / ".sentence-transformers").exists()
+    assert json.loads((out / "vocabprune_export.json").read_text())["sentence_transformers"]
+    export = st.SentenceTransformer(str(out), device="cpu")
+    rows = export[0].auto_model.get_input_embeddings().num_embeddings
+    assert rows == vp.KeptVocab.load(out / "kept_vocab.json").size < 30522
+    want, got = model.encode(titles), export.encode(titles)
+    assert got.shape == want.shape == (len(titles), 16)
+    assert float(abs(got - want).max()) < 1e-5
+    assert not vp.is_pruned(model)  # restored after the write, as it came

@@ -45,7 +45,11 @@ from vocabprune.deploy.manifest import (
     check_unknown,
 )
 from vocabprune.deploy.selection import encode
-from vocabprune.deploy.sentence_files import copy_sentence_transformers_files
+from vocabprune.deploy.sentence_files import (
+    copy_sentence_transformers_files,
+    is_sentence_transformer,
+    write_sentence_transformers_files,
+)
 from vocabprune.deploy.tokenizer_rewrite import (
     required_ids,
     rewrite_tokenizer_folder,
@@ -150,11 +154,12 @@ def export_pruned(
     `verify(tmp_folder)` runs on the finished folder before it is renamed into place; it may
     raise to abort the export. `export_format="onnx"` (standalone only) replaces the PyTorch
     weights by `onnx/model.onnx` (int8 `onnx/model_quantized.onnx` too with `quantize`),
-    checked against the model. `sentence_transformers`: the source model's folder, whose
-    sentence-transformers files (modules.json, pooling, normalize, prompts) a standalone export
-    copies, so SentenceTransformer loads it as it loads the source. Returns (folder, kept
-    vocabulary written, verify's report with the ONNX report under "onnx" and the
-    sentence-transformers modules written under "sentence_transformers").
+    checked against the model. A standalone export of a SentenceTransformer writes its
+    sentence-transformers files (modules.json, pooling, dense, normalize, prompts) as the model
+    saves them, so SentenceTransformer loads the export as it would the model;
+    `sentence_transformers`: a source folder to copy them from instead (the CLI's way).
+    Returns (folder, kept vocabulary written, verify's report with the ONNX report under "onnx"
+    and the sentence-transformers modules written under "sentence_transformers").
     """
     check_unknown(unknown)
     if check_format(export_format, standalone=standalone, quantize=quantize) == "gguf":
@@ -186,11 +191,13 @@ def export_pruned(
                 manifest["sentence_transformers"] = copy_sentence_transformers_files(
                     sentence_transformers, tmp
                 )
+            elif standalone and is_sentence_transformer(model):
+                manifest["sentence_transformers"] = write_sentence_transformers_files(model, tmp)
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
             if verify is not None:
                 report = verify(tmp) or {}
                 manifest["checked"] = dict(report)  # e.g. the tokenizer check, probe coverage
-            if sentence_transformers is not None:
+            if "sentence_transformers" in manifest:
                 report["sentence_transformers"] = manifest["sentence_transformers"]
             if export_format == "onnx":
                 from vocabprune.deploy.onnx import convert_folder

@@ -397,8 +397,8 @@ def export_onnx(
     `tokenizer` and the kept vocabulary: a standalone export is written (rewritten tokenizer,
     kept rows only) and converted; or a folder: a standalone export or any stock transformers
     model folder, converted as it is (to compare a full model's ONNX with a pruned one's).
-    A folder's sentence-transformers files come along; for a model, `sentence_transformers`
-    names the source folder whose files to copy (see deploy/sentence_files.py).
+    A folder's sentence-transformers files come along, and so do a SentenceTransformer's (as it
+    is in memory), or those of the folder `sentence_transformers` names (deploy/sentence_files.py).
     Written atomically; returns the ONNX report (task, inputs, outputs, measured error).
     """
     require_onnx()

@@ -3,8 +3,9 @@ after the transformer (pooling, dense, normalize) and the model-level configs (p
 length, similarity). SentenceTransformer reads them beside the transformer; without them it
 falls back to mean pooling with nothing after it (no normalization, no dense layer, no prompts).
 
-They say nothing about the vocabulary, so a standalone export copies them from the source model
-as they are: `SentenceTransformer(export)` then embeds as `SentenceTransformer(source)` does. The
+They say nothing about the vocabulary, so a standalone export carries them as they are: copied
+from the source folder (the CLI), or as a SentenceTransformer object saves them (Python: its
+modules as they are in memory). `SentenceTransformer(export)` then embeds as the source does. The
 GGUF writer reads the pooling from them (llama.cpp records it in the file)."""
 
 from __future__ import annotations
@@ -85,3 +86,23 @@ def copy_sentence_transformers_files(
             shutil.copy2(source / name, out / name)
     (out / MODULES).write_text(json.dumps(written, indent=2), encoding="utf-8")
     return [str(m.get("type", "")).rsplit(".", 1)[-1] for m in written]
+
+
+def is_sentence_transformer(model: Any) -> bool:
+    """A sentence-transformers model object (SentenceTransformer, SparseEncoder, ...): it lists
+    its modules in modules.json when it saves itself."""
+    return type(model).__module__.startswith("sentence_transformers.") and callable(
+        getattr(model, "save", None)
+    )
+
+
+def write_sentence_transformers_files(model: Any, out: str | os.PathLike[str]) -> list[str]:
+    """The sentence-transformers files of a model object, as it is now (a dense layer as
+    trained): it saves itself in its own layout into a scratch folder inside `out` (the
+    export's private temporary folder), whose files are copied and which is then removed."""
+    own = Path(out) / ".sentence-transformers"
+    try:
+        model.save(str(own), create_model_card=False)
+        return copy_sentence_transformers_files(own, out)
+    finally:
+        shutil.rmtree(own, ignore_errors=True)
