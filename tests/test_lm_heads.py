@@ -900,3 +900,27 @@ def test_head_that_reads_the_input_embedding_is_refused(output):
         vp.prune(model, kept, output=output)
     assert not vp.is_pruned(model)
     assert model.get_input_embeddings().num_embeddings == 200
+
+
+def test_generate_over_kept_ids_returns_the_prompt_as_given_with_unknown_unk():
+    """unknown="unk" reads a dropped prompt id as UNK; the sequences still begin with the prompt
+    the caller gave (as stock generate returns it), beams and several sequences included."""
+    from types import SimpleNamespace
+
+    lm = build("llama", seed=31)
+    model = lm.model
+    kept = random_kept(lm, 32)
+    prompt = batch_for(lm, kept, 33, n=2)["input_ids"]
+    dropped = next(i for i in lm.text_ids if i not in kept)
+    prompt[:, 2] = dropped
+    unk = SimpleNamespace(unk_token_id=int(lm.specials[0]))
+    vp.prune(model, kept, output="prune", unknown="unk", tokenizer=unk)
+    with torch.no_grad():
+        greedy = model.generate(input_ids=prompt, max_new_tokens=3, do_sample=False)
+        beams = model.generate(
+            input_ids=prompt, max_new_tokens=3, num_beams=2, num_return_sequences=2
+        )
+    assert torch.equal(greedy[:, : prompt.shape[1]], prompt)
+    assert torch.equal(beams[:, : prompt.shape[1]], prompt.repeat_interleave(2, 0))
+    assert all(int(i) in kept for i in greedy[:, prompt.shape[1] :].flatten())
+    vp.restore(model)

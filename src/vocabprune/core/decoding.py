@@ -245,14 +245,36 @@ def generate_over_kept(
         except VocabPruneError:
             context = None
         if context is not None:
+            prompt = call.get("input_ids")
             with context:
                 try:
                     mapped = kept_kwargs(model, kept, remapper, call)
                 except VocabPruneError:  # an id the map cannot follow (a dropped pad id, ...)
                     mapped = None
                 if mapped is not None:
-                    return map_sequences_back(type(model).generate(model, **mapped), remapper)
+                    out = map_sequences_back(type(model).generate(model, **mapped), remapper)
+                    return with_prompt(out, prompt, model)
     return type(model).generate(model, *args, **kwargs)
+
+
+def with_prompt(out: Any, prompt: Any, model: Any) -> Any:
+    """A decoder-only model's sequences begin with the prompt as the caller gave it, as stock
+    generate() returns it: ids the kept vocabulary maps to UNK (unknown="unk") would otherwise
+    come back as UNK."""
+    sequences = out if isinstance(out, torch.Tensor) else getattr(out, "sequences", None)
+    config = getattr(model, "config", None)
+    if (
+        not isinstance(prompt, torch.Tensor)
+        or not isinstance(sequences, torch.Tensor)
+        or getattr(config, "is_encoder_decoder", False)
+        or prompt.dim() != 2
+        or sequences.shape[1] < prompt.shape[1]
+        or sequences.shape[0] % prompt.shape[0]
+    ):
+        return out
+    copies = sequences.shape[0] // prompt.shape[0]  # num_return_sequences, beams kept
+    sequences[:, : prompt.shape[1]] = prompt.to(sequences.device).repeat_interleave(copies, 0)
+    return out
 
 
 def _by_name(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
