@@ -344,3 +344,16 @@ def test_gguf_types_of_the_cli_are_the_writers():
     from vocabprune.deploy.gguf import OUTTYPES
 
     assert GGUF_TYPES == OUTTYPES
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_gguf_out_that_is_a_folder_is_refused_before_anything_loads(tmp_path, capsys, overwrite):
+    """--format gguf writes one file: a folder as --out is one clear error at option time (was:
+    "already exists (use --overwrite)", then after loading the model "is a folder")."""
+    folder = tmp_path / "existing"
+    folder.mkdir()
+    argv = ["prune", "--out", str(folder), "--standalone", "--format", "gguf"]
+    code, _, stderr = _run_cli(capsys, *argv, *(["--overwrite"] if overwrite else []))
+    assert code == 2
+    assert stderr.strip().splitlines()[-1].endswith(f"--out {folder} is a folder; give a file name")
+    assert "loading" not in stderr and list(folder.iterdir()) == []

@@ -273,7 +273,8 @@ class PruneOptions(DataOptions):
 
     def validate(self) -> None:
         super().validate()
-        check_output("out", self.out, overwrite=self.overwrite, kind="folder", inputs=self.inputs())
+        kind = "file" if self.format == "gguf" else "folder"  # GGUF: one file
+        check_output("out", self.out, overwrite=self.overwrite, kind=kind, inputs=self.inputs())
         check_int("min_count", self.min_count, low=1)
         check_int("target_size", self.target_size, low=1, none_ok=True)
         if self.unknown is not None and self.unknown not in UNKNOWN_POLICIES:
