@@ -574,6 +574,8 @@ def test_refusals(tmp_path, smollm2_dir, small_bpe, kept_texts):
         export_gguf(smollm2_dir, tmp_path / "x.gguf", outtype="q4_0")
     with pytest.raises(VocabPruneError, match="pooling must be one of NONE, MEAN, CLS, LAST"):
         export_gguf(smollm2_dir, tmp_path / "x.gguf", pooling="mean")
+    with pytest.raises(VocabPruneError, match="is a causal LM: pooling is for embedding models"):
+        export_gguf(smollm2_dir, tmp_path / "x.gguf", pooling="MEAN")
     with pytest.raises(VocabPruneError, match="model folder not found"):
         export_gguf(tmp_path / "nope", tmp_path / "x.gguf")
     (tmp_path / "exists.gguf").write_bytes(b"keep")

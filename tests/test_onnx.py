@@ -340,10 +340,51 @@ def test_gguf_quantize_names_a_gguf_type(tmp_path, capsys, value):
 
 
 def test_gguf_types_of_the_cli_are_the_writers():
-    from vocabprune.cli.options import GGUF_TYPES
-    from vocabprune.deploy.gguf import OUTTYPES
+    from vocabprune.cli.options import GGUF_POOLINGS, GGUF_TYPES
+    from vocabprune.deploy.gguf import OUTTYPES, POOLINGS
 
     assert GGUF_TYPES == OUTTYPES
+    assert tuple(p.upper() for p in GGUF_POOLINGS) == POOLINGS
+
+
+def test_gguf_pooling_of_an_embedding_model_without_sentence_transformers_files(
+    tmp_path, capsys, minilm_dir, bbc_texts
+):
+    """An encoder folder without sentence-transformers files: the summary says its GGUF records
+    no pooling (llama.cpp would return per-token vectors) and how to set one; --pooling sets it."""
+    gguf = pytest.importorskip("gguf")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for item in minilm_dir.iterdir():
+        if item.is_file() and item.name not in ("modules.json", "sentence_bert_config.json"):
+            (plain / item.name).write_bytes(item.read_bytes())
+    data = tmp_path / "data.txt"
+    data.write_text("\n".join(_texts(bbc_texts, 600)), encoding="utf-8")
+    argv = ["prune", "--model", str(plain), "--data", str(data), "--standalone", "--format", "gguf"]
+    code, stdout, stderr = _run_cli(capsys, *argv, "--out", str(tmp_path / "none.gguf"))
+    assert code == 0, stderr
+    assert "the GGUF records no pooling" in stdout and "--pooling mean|cls|last" in stdout
+    code, stdout, stderr = _run_cli(
+        capsys, *argv, "--out", str(tmp_path / "cls.gguf"), "--pooling", "cls", "--json"
+    )
+    assert code == 0, stderr
+    assert json.loads(stdout[stdout.index("{") :])["gguf"]["pooling"] == "CLS"
+    reader = gguf.GGUFReader(str(tmp_path / "cls.gguf"))
+    field = reader.fields["bert.pooling_type"]
+    assert int(field.parts[field.data[0]][0]) == int(gguf.PoolingType.CLS)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--format", "onnx", "--pooling", "mean"], "--pooling is for --format gguf"),
+        (["--format", "gguf", "--pooling", "max"], "--pooling must be one of none, mean, cls"),
+    ],
+)
+def test_pooling_option_refusals(tmp_path, capsys, extra, message):
+    argv = ["prune", "--out", str(tmp_path / "x"), "--standalone", *extra]
+    code, _, stderr = _run_cli(capsys, *argv)
+    assert code == 2 and message in stderr
 
 
 @pytest.mark.parametrize("overwrite", [False, True])

@@ -136,7 +136,7 @@ def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
     names = ("out", "standalone", "min_count", "target_size", "unknown", "overwrite", "kept")
-    names += ("format", "quantize", "probe")
+    names += ("format", "quantize", "probe", "pooling")
     opts = PruneOptions(**_data(args), **{n: getattr(args, n) for n in names})
     _ready(opts)
     from vocabprune.cli.prune import run_prune
@@ -153,6 +153,13 @@ def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
             file=_stdout(),
         )
         print(_coverage_line(report), file=_stdout())
+        gguf = report.get("gguf") or {}
+        if gguf.get("embedding_model") and gguf.get("pooling") is None:
+            print(
+                "the GGUF records no pooling (the source has no sentence-transformers pooling): "
+                "llama.cpp returns one vector per token; --pooling mean|cls|last sets one",
+                file=_stdout(),
+            )
         if report.get("sentence_transformers"):
             print(
                 "sentence-transformers modules copied from the source: "

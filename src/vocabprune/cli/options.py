@@ -21,6 +21,8 @@ UNKNOWN_POLICIES = ("error", "unk", "grow")
 # the kept ids only (prune(output="frozen") / prune(output="prune")).
 LM_HEADS = ("frozen", "restricted")
 EXPORT_FORMATS = ("hf", "onnx", "gguf")
+# llama.cpp's pooling types of an embedding model (deploy/gguf.py's POOLINGS, lower case).
+GGUF_POOLINGS = ("none", "mean", "cls", "last")
 # GGUF tensor types of deploy/gguf.py's writer (its OUTTYPES; f16 unless --quantize names one),
 # here so that a wrong value fails before the heavy imports.
 GGUF_TYPES = ("f32", "f16", "q8_0")
@@ -267,6 +269,7 @@ class PruneOptions(DataOptions):
     format: str = "hf"  # hf (safetensors), onnx, gguf: the last two --standalone only
     quantize: str | None = None  # onnx: int8; gguf: a GGUF type, checked by the GGUF writer
     probe: Sequence[str] = ()  # text whose covered share the report gives (default: --data)
+    pooling: str | None = None  # gguf, embedding models: none, mean, cls or last
 
     def inputs(self) -> list[str | None]:
         return [*super().inputs(), self.kept]
@@ -303,6 +306,16 @@ class PruneOptions(DataOptions):
             raise OptionError(
                 "--format gguf needs the gguf package: pip install 'vocabprune[gguf]'"
             )
+        if self.pooling is not None:
+            if self.format != "gguf":
+                raise OptionError(
+                    "--pooling is for --format gguf (hf and onnx exports carry the source's "
+                    "sentence-transformers files, which name the pooling)"
+                )
+            if self.pooling not in GGUF_POOLINGS:
+                raise OptionError(
+                    f"--pooling must be one of {', '.join(GGUF_POOLINGS)}, not {self.pooling!r}"
+                )
         if self.quantize is not None:
             if self.format == "hf":
                 raise OptionError("--quantize needs --format onnx or gguf")

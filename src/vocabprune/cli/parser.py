@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 from vocabprune.cli.options import (
     DEFAULT_MAX_LENGTH,
     EXPORT_FORMATS,
+    GGUF_POOLINGS,
     GGUF_TYPES,
     LM_HEADS,
     TASKS,
@@ -248,6 +249,13 @@ def _add_prune(sub: Any) -> None:
         metavar="TYPE",
         help="onnx: int8 (a dynamic int8 copy, onnx/model_quantized.onnx); gguf: the tensor "
         f"type, one of {', '.join(GGUF_TYPES)} (default f16)",
+    )
+    pr.add_argument(
+        "--pooling",
+        metavar="MODE",
+        help="gguf, embedding models: the pooling llama.cpp applies, one of "
+        f"{', '.join(GGUF_POOLINGS)} (default: the source's sentence-transformers pooling; a "
+        "model without those files gets none: one vector per token)",
     )
     pr.add_argument(
         "--probe",

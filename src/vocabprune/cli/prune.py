@@ -315,5 +315,6 @@ def _export_gguf(
             opts.out,
             outtype=opts.quantize or "f16",
             overwrite=opts.overwrite,
+            pooling=opts.pooling.upper() if opts.pooling else None,
         )
     return Path(opts.out), written, checked

@@ -688,8 +688,9 @@ def export_gguf(
     `outtype`: f32, f16 or q8_0 (2-D weights; norms and biases stay f32). `pre`: llama.cpp's
     pre-tokenizer name, when `tokenizer.json`'s is not one of `KNOWN_PRE`. `vocab_only`: the
     tokenizer and hyperparameters without tensors (llama.cpp loads it with vocab_only=True).
-    `pooling` (embedding models): one of `POOLINGS`, for a folder without the
-    sentence-transformers files it is otherwise read from (a standalone export has none).
+    `pooling` (embedding models): one of `POOLINGS`; by default it is read from the folder's
+    sentence-transformers files, and without them the file records none (llama.cpp then gives
+    one vector per token).
     The file is written atomically. Returns a summary (arch, tokenizer, sizes).
     """
     import gguf
@@ -706,6 +707,8 @@ def export_gguf(
     config, data = _read_source(folder)
     config = config.get("text_config", config) if "hidden_size" not in config else config
     hf_arch, arch = _arch(config)
+    if pooling is not None and arch.causal:
+        raise VocabPruneError(f"{hf_arch} is a causal LM: pooling is for embedding models")
     vocab = gguf_vocab(data, pre=pre)
     kept = _kept_ids(folder, len(vocab.tokens))
     rows = int(config.get("vocab_size", len(vocab.tokens)))
@@ -766,6 +769,7 @@ def export_gguf(
         "special_ids": dict(special.special_token_ids),
         "tensors": n_tensors,
         "pooling": pooled,
+        "embedding_model": not arch.causal,
         "bytes_without_symbol": [f"0x{b:02X}" for b in vocab.missing_bytes],
         "kept_ids": kept is not None,
         "bytes": target.stat().st_size,
