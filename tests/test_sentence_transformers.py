@@ -393,3 +393,35 @@ def test_standalone_export_of_a_sentence_transformer_object_writes_its_modules(
     assert got.shape == want.shape == (len(titles), 16)
     assert float(abs(got - want).max()) < 1e-5
     assert not vp.is_pruned(model)  # restored after the write, as it came
+
+
+def test_prune_keeps_the_sources_sentence_transformers_prompts(minilm_dir, tmp_path, capsys):
+    """The prompts a sentence-transformers folder prepends ("query: ", ...) are read with every
+    text it encodes: `prune` keeps their ids though the data never has them."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from vocabprune.cli.main import main
+
+    source = tmp_path / "source"
+    source.mkdir()
+    for item in minilm_dir.iterdir():
+        if item.is_file():
+            (source / item.name).write_bytes(item.read_bytes())
+    (source / "1_Pooling").mkdir()
+    pooling = (minilm_dir / "1_Pooling" / "config.json").read_bytes()
+    (source / "1_Pooling" / "config.json").write_bytes(pooling)
+    config = json.loads((source / "config_sentence_transformers.json").read_text())
+    config["prompts"] = {"query": "zebra question: ", "passage": ""}
+    (source / "config_sentence_transformers.json").write_text(json.dumps(config))
+    data = tmp_path / "data.txt"
+    data.write_text("the bank said profits rose\nshares fell on monday\n", encoding="utf-8")
+    out = tmp_path / "out"
+    argv = ["prune", "--model", str(source), "--data", str(data), "--out", str(out), "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    prompt = AutoTokenizer.from_pretrained(source)("zebra question: ", add_special_tokens=False)
+    kept = vp.KeptVocab.load(out / "kept_vocab.json")
+    assert report["prompt_ids"] == len(set(prompt["input_ids"])) == 3
+    assert all(int(i) in kept for i in prompt["input_ids"])

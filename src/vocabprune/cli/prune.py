@@ -32,7 +32,7 @@ from vocabprune.data.sources import Examples, read_examples
 from vocabprune.deploy.coverage import probe_coverage, uncovered_mapping
 from vocabprune.deploy.export import export_pruned, folder_bytes, verify_standalone_tokenizer
 from vocabprune.deploy.selection import boundary_ids, encode, select_lossy
-from vocabprune.deploy.sentence_files import read_modules
+from vocabprune.deploy.sentence_files import read_modules, sentence_transformers_prompts
 from vocabprune.deploy.tokenizer_rewrite import MergeClosure, required_ids, tokenizer_json
 
 
@@ -84,11 +84,17 @@ def _lossy_ids(opts: PruneOptions, scanned: Scanned, forced: set[int], data: Any
 
 
 def _choose(
-    opts: PruneOptions, tokenizer: Any, model: Any, scanned: Scanned, data: Any
+    opts: PruneOptions,
+    tokenizer: Any,
+    model: Any,
+    scanned: Scanned,
+    data: Any,
+    prompts: set[int],
 ) -> tuple[KeptVocab, set[int]]:
-    """(the kept vocabulary, the ids kept beyond the data's: boundary or lossy extras)."""
+    """(the kept vocabulary, the ids kept beyond the data's: boundary or lossy extras, and the
+    source's sentence-transformers prompts' ids)."""
     rows = int(scanned.counts.size)
-    forced = set(special_ids(tokenizer, model))
+    forced = set(special_ids(tokenizer, model)) | prompts
     if opts.min_count > 1 or opts.target_size is not None:
         kept_ids = _lossy_ids(opts, scanned, forced, data)
         keep = np.zeros(rows, dtype=bool)
@@ -101,10 +107,10 @@ def _choose(
             vocab_size=rows,
         )
         return kept, set(kept_ids.tolist()) - scanned.used - forced
-    extra: set[int] = set()
+    extra: set[int] = set(prompts)
     if data is not None and opts.max_length:  # whole words: see deploy.selection.boundary_ids
-        extra = boundary_ids(tokenizer, scanned.corpus, opts.max_length, scanned.batches)
-        extra -= scanned.used
+        extra |= boundary_ids(tokenizer, scanned.corpus, opts.max_length, scanned.batches)
+    extra -= scanned.used
     kept = KeptVocab.from_counts(
         scanned.counts, tokenizer=tokenizer, model=model, extra_ids=sorted(extra), vocab_size=rows
     )
@@ -227,7 +233,11 @@ def run_prune(opts: PruneOptions, *, log: Callable[[str], None] | None = None) -
     scanned = _scan(opts, tokenizer, corpus, rows, words)
     data = tokenizer_json(tokenizer) if opts.standalone else None
     given = _given(opts, tokenizer, model, scanned)
-    kept, extra = (given, set()) if given else _choose(opts, tokenizer, model, scanned, data)
+    prompts = _prompt_ids(model_path, tokenizer)
+    if given:
+        kept, extra = given, set()
+    else:
+        kept, extra = _choose(opts, tokenizer, model, scanned, data, prompts)
     dropped = int(scanned.counts.sum() - scanned.counts[kept.kept_ids].sum())
     unknown = _unknown_policy(opts, tokenizer, dropped, data is not None)
     meta = {
@@ -279,12 +289,21 @@ def run_prune(opts: PruneOptions, *, log: Callable[[str], None] | None = None) -
             **export,
         )
     report = _report(opts, model_path, folder, (kept, written), scanned)
-    report.update(tokenizer_size=len(tokenizer), boundary_ids=len(extra) if not lossy else 0)
+    boundary = len(extra - prompts) if not lossy else 0
+    report.update(tokenizer_size=len(tokenizer), boundary_ids=boundary, prompt_ids=len(prompts))
     report.update(unknown=unknown, format=opts.format, quantize=opts.quantize)
     if data is not None:
         report["uncovered"] = uncovered_mapping(data)
     report.update(checked, seconds=round(time.perf_counter() - started, 2))
     return report
+
+
+def _prompt_ids(model_path: str, tokenizer: Any) -> set[int]:
+    """The ids of the source's sentence-transformers prompts ("query: ", ...)."""
+    ids: set[int] = set()
+    for prompt in sentence_transformers_prompts(model_path):
+        ids.update(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    return ids
 
 
 def _texts(examples: Examples) -> list[str]:

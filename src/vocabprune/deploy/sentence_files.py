@@ -44,6 +44,16 @@ def read_modules(folder: str | os.PathLike[str]) -> list[dict[str, Any]] | None:
     return modules
 
 
+def sentence_transformers_prompts(folder: str | os.PathLike[str]) -> list[str]:
+    """The prompts ("query: ", ...) a sentence-transformers folder prepends to texts: their
+    tokens are read at inference as much as the texts', so a kept vocabulary keeps them."""
+    path = Path(folder) / ROOT_CONFIGS[1]
+    if read_modules(folder) is None or not path.is_file():
+        return []
+    prompts = read_json(path, ROOT_CONFIGS[1]).get("prompts") or {}
+    return [p for p in prompts.values() if isinstance(p, str) and p]
+
+
 def _is_transformer(module: dict[str, Any]) -> bool:
     return str(module.get("type", "")).endswith("Transformer")
 
