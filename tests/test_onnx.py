@@ -369,6 +369,9 @@ def test_gguf_pooling_of_an_embedding_model_without_sentence_transformers_files(
     )
     assert code == 0, stderr
     assert json.loads(stdout[stdout.index("{") :])["gguf"]["pooling"] == "CLS"
+    code, stdout, _ = _run_cli(capsys, *argv, "--out", str(tmp_path / "b.gguf"), "--pooling", "cls")
+    assert "the GGUF records CLS pooling" in stdout and "MiB as f16 (full" in stdout
+    assert "sentence-transformers modules copied" not in stdout
     reader = gguf.GGUFReader(str(tmp_path / "cls.gguf"))
     field = reader.fields["bert.pooling_type"]
     assert int(field.parts[field.data[0]][0]) == int(gguf.PoolingType.CLS)

@@ -144,23 +144,26 @@ def cmd_prune(args: argparse.Namespace) -> dict[str, Any]:
     with output_rules(overwrite=opts.overwrite, inputs=opts.inputs()):
         report = run_prune(opts, log=_say(args))
     if not args.json:
+        gguf = report.get("gguf") or {}
+        stored = f" as {gguf['outtype']}" if gguf else ""  # the source's own dtype otherwise
         print(
             f"{'standalone' if report['standalone'] else 'compact'} model written to "
             f"{report['out']}: kept {report['kept_tokens']:,}/{report['vocab_size']:,} ids, "
-            f"weights {report['export_weights_bytes'] / 2**20:,.1f} MiB (full "
+            f"weights {report['export_weights_bytes'] / 2**20:,.1f} MiB{stored} (full "
             f"{report['source_weights_bytes'] / 2**20:,.1f} MiB); "
             f"{report['changed_tokens']:,} corpus tokens changed",
             file=_stdout(),
         )
         print(_coverage_line(report), file=_stdout())
-        gguf = report.get("gguf") or {}
         if gguf.get("embedding_model") and gguf.get("pooling") is None:
             print(
                 "the GGUF records no pooling (the source has no sentence-transformers pooling): "
                 "llama.cpp returns one vector per token; --pooling mean|cls|last sets one",
                 file=_stdout(),
             )
-        if report.get("sentence_transformers"):
+        elif gguf.get("embedding_model"):
+            print(f"the GGUF records {gguf['pooling']} pooling", file=_stdout())
+        if report.get("sentence_transformers") and not gguf:  # a GGUF records the pooling
             print(
                 "sentence-transformers modules copied from the source: "
                 + ", ".join(report["sentence_transformers"]),
