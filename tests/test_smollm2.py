@@ -129,3 +129,24 @@ def test_cli_causal_lm_writes_a_restored_model(folder, tmp_path, tokenizer):
     dropped[torch.as_tensor(kept.kept_ids)] = False
     assert torch.equal(w[dropped], original[dropped])  # bitwise: rows not kept never moved
     assert not torch.equal(w[~dropped], original[~dropped])  # the kept rows were trained
+
+
+def test_prune_keeps_the_chat_templates_ids(folder, tokenizer, tmp_path, capsys):
+    """An instruct model is prompted through its chat template: `prune` keeps the ids the
+    template writes around the messages (markers, role names, its default system prompt) though
+    plain data never has them, so a compact export reads a chat prompt of covered text."""
+    from vocabprune.cli.main import main
+
+    data = tmp_path / "data.txt"
+    data.write_text(f"{QUESTION}\n{ANSWER}\n", encoding="utf-8")
+    out = tmp_path / "compact"
+    argv = ["prune", "--model", str(folder), "--data", str(data), "--out", str(out), "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    ids = chat(tokenizer, QUESTION)["input_ids"][0]
+    kept = vp.KeptVocab.load(out / "kept_vocab.json")
+    assert report["chat_template_ids"] > 10
+    assert all(int(i) in kept for i in ids)
+    model, tok = vp.load_compact(out)
+    with torch.no_grad():
+        model.generate(**chat(tok, QUESTION), max_new_tokens=2, do_sample=False)

@@ -89,12 +89,12 @@ def _choose(
     model: Any,
     scanned: Scanned,
     data: Any,
-    prompts: set[int],
+    always: set[int],
 ) -> tuple[KeptVocab, set[int]]:
     """(the kept vocabulary, the ids kept beyond the data's: boundary or lossy extras, and the
-    source's sentence-transformers prompts' ids)."""
+    ids read around every text: sentence-transformers prompts, a chat template's)."""
     rows = int(scanned.counts.size)
-    forced = set(special_ids(tokenizer, model)) | prompts
+    forced = set(special_ids(tokenizer, model)) | always
     if opts.min_count > 1 or opts.target_size is not None:
         kept_ids = _lossy_ids(opts, scanned, forced, data)
         keep = np.zeros(rows, dtype=bool)
@@ -107,7 +107,7 @@ def _choose(
             vocab_size=rows,
         )
         return kept, set(kept_ids.tolist()) - scanned.used - forced
-    extra: set[int] = set(prompts)
+    extra: set[int] = set(always)
     if data is not None and opts.max_length:  # whole words: see deploy.selection.boundary_ids
         extra |= boundary_ids(tokenizer, scanned.corpus, opts.max_length, scanned.batches)
     extra -= scanned.used
@@ -233,11 +233,11 @@ def run_prune(opts: PruneOptions, *, log: Callable[[str], None] | None = None) -
     scanned = _scan(opts, tokenizer, corpus, rows, words)
     data = tokenizer_json(tokenizer) if opts.standalone else None
     given = _given(opts, tokenizer, model, scanned)
-    prompts = _prompt_ids(model_path, tokenizer)
+    prompts, template = _prompt_ids(model_path, tokenizer), _chat_template_ids(tokenizer)
     if given:
         kept, extra = given, set()
     else:
-        kept, extra = _choose(opts, tokenizer, model, scanned, data, prompts)
+        kept, extra = _choose(opts, tokenizer, model, scanned, data, prompts | template)
     dropped = int(scanned.counts.sum() - scanned.counts[kept.kept_ids].sum())
     unknown = _unknown_policy(opts, tokenizer, dropped, data is not None)
     meta = {
@@ -289,8 +289,9 @@ def run_prune(opts: PruneOptions, *, log: Callable[[str], None] | None = None) -
             **export,
         )
     report = _report(opts, model_path, folder, (kept, written), scanned)
-    boundary = len(extra - prompts) if not lossy else 0
+    boundary = len(extra - prompts - template) if not lossy else 0
     report.update(tokenizer_size=len(tokenizer), boundary_ids=boundary, prompt_ids=len(prompts))
+    report.update(chat_template_ids=len(template))
     report.update(unknown=unknown, format=opts.format, quantize=opts.quantize)
     if data is not None:
         report["uncovered"] = uncovered_mapping(data)
@@ -303,6 +304,27 @@ def _prompt_ids(model_path: str, tokenizer: Any) -> set[int]:
     ids: set[int] = set()
     for prompt in sentence_transformers_prompts(model_path):
         ids.update(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    return ids
+
+
+def _chat_template_ids(tokenizer: Any) -> set[int]:
+    """The ids a chat template writes around the messages (markers, role names, a default
+    system prompt): an instruct model is prompted through them, whatever the data holds."""
+    from jinja2 import TemplateError
+
+    if not getattr(tokenizer, "chat_template", None):
+        return set()
+    ids: set[int] = set()
+    turns = ("system", "user", "assistant")
+    for roles, prompt in ((turns[1:], False), (turns[1:2], True), (turns[:2], True)):
+        messages = [{"role": role, "content": ""} for role in roles]
+        try:
+            text = tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=prompt
+            )
+        except (TemplateError, ValueError, TypeError):  # a template refusing a role or order
+            continue
+        ids.update(tokenizer(text, add_special_tokens=False)["input_ids"])
     return ids
 
 
