@@ -248,8 +248,8 @@ _RECEIVED: list[int] = []
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGTERM, SIGHUP (a closed terminal) or SIGQUIT, raised like Ctrl-C so that every
-    `finally` removes what it wrote."""
+    """Ctrl-C (SIGINT), SIGTERM, SIGHUP (a closed terminal) or SIGQUIT, raised as Ctrl-C is
+    so that every `finally` removes what it wrote."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -264,9 +264,14 @@ def _terminate_as_interrupt() -> Iterator[None]:
         _RECEIVED.append(signum)
         raise Interrupted(signum)
 
+    # Ctrl-C too, where it has Python's default handler (a background job ignores it: it stays
+    # ignored), so that an interrupt a library turns into its own error is still known.
+    ctrl_c = (
+        [signal.SIGINT] if signal.getsignal(signal.SIGINT) is signal.default_int_handler else []
+    )
     previous = {}
     try:
-        for signum in ENDING_SIGNALS:
+        for signum in (*ENDING_SIGNALS, *ctrl_c):
             previous[signum] = signal.signal(signum, handler)
     except ValueError:  # not the main thread: leave signals alone
         yield
