@@ -240,15 +240,7 @@ def run_prune(opts: PruneOptions, *, log: Callable[[str], None] | None = None) -
         kept, extra = _choose(opts, tokenizer, model, scanned, data, prompts | template)
     dropped = int(scanned.counts.sum() - scanned.counts[kept.kept_ids].sum())
     unknown = _unknown_policy(opts, tokenizer, dropped, data is not None)
-    meta = {
-        "max_length": opts.max_length,
-        "data": [str(s) for s in sources],
-        "examples": len(corpus),
-        "total_tokens": int(scanned.counts.sum()),
-        "min_count": opts.min_count,
-        "target_size": opts.target_size,
-        "lossy": lossy,
-    }
+    meta = _meta(opts, sources, scanned, lossy)
     kept = dataclasses.replace(kept, meta=meta)
 
     probe = read_examples(list(opts.probe), opts.text_column) if opts.probe else corpus
@@ -291,12 +283,25 @@ def run_prune(opts: PruneOptions, *, log: Callable[[str], None] | None = None) -
     report = _report(opts, model_path, folder, (kept, written), scanned)
     boundary = len(extra - prompts - template) if not lossy else 0
     report.update(tokenizer_size=len(tokenizer), boundary_ids=boundary, prompt_ids=len(prompts))
-    report.update(chat_template_ids=len(template))
-    report.update(unknown=unknown, format=opts.format, quantize=opts.quantize)
+    report.update(chat_template_ids=len(template), unknown=unknown, format=opts.format)
+    report["quantize"] = opts.quantize
     if data is not None:
         report["uncovered"] = uncovered_mapping(data)
     report.update(checked, seconds=round(time.perf_counter() - started, 2))
     return report
+
+
+def _meta(opts: PruneOptions, sources: list[Any], scanned: Scanned, lossy: bool) -> dict[str, Any]:
+    """What the kept vocabulary records of how it was chosen."""
+    return {
+        "max_length": opts.max_length,
+        "data": [str(s) for s in sources],
+        "examples": len(scanned.corpus),
+        "total_tokens": int(scanned.counts.sum()),
+        "min_count": opts.min_count,
+        "target_size": opts.target_size,
+        "lossy": lossy,
+    }
 
 
 def _prompt_ids(model_path: str, tokenizer: Any) -> set[int]:

@@ -482,6 +482,18 @@ def _bert_params(writer: Any, config: dict[str, Any], folder: Path) -> None:
     writer.add_token_type_count(config.get("type_vocab_size", 1))
 
 
+def _pooling(pooling: str | None, causal_arch: str | None, folder: Path) -> str | None:
+    """The pooling type to record: the one given, else the folder's sentence-transformers
+    pooling; none for a causal LM (`causal_arch`: its architecture), which refuses one."""
+    if pooling is not None and pooling not in POOLINGS:
+        raise VocabPruneError(f"GGUF pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
+    if causal_arch is not None:
+        if pooling is not None:
+            raise VocabPruneError(f"{causal_arch} is a causal LM: pooling is for embedding models")
+        return None
+    return pooling or sentence_transformers_pooling(folder)
+
+
 def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """HF's rotary layout -> llama.cpp's for Llama q/k rows (llama.cpp's converter's permute)."""
     pairs = w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
@@ -699,16 +711,13 @@ def export_gguf(
         raise VocabPruneError(f"GGUF outtype must be one of {', '.join(OUTTYPES)}, not {outtype!r}")
     if pre is not None and not isinstance(pre, str):
         raise VocabPruneError(f"pre must be a llama.cpp pre-tokenizer name, not {pre!r}")
-    if pooling is not None and pooling not in POOLINGS:
-        raise VocabPruneError(f"GGUF pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
     folder, target = Path(source), Path(out_file)
     if target.exists() and not overwrite:
         raise FileExistsError(f"output file already exists: {target} (choose another or overwrite)")
     config, data = _read_source(folder)
     config = config.get("text_config", config) if "hidden_size" not in config else config
     hf_arch, arch = _arch(config)
-    if pooling is not None and arch.causal:
-        raise VocabPruneError(f"{hf_arch} is a causal LM: pooling is for embedding models")
+    pooled = _pooling(pooling, hf_arch if arch.causal else None, folder)
     vocab = gguf_vocab(data, pre=pre)
     kept = _kept_ids(folder, len(vocab.tokens))
     rows = int(config.get("vocab_size", len(vocab.tokens)))
@@ -728,7 +737,6 @@ def export_gguf(
             writer.add_name(name or str(config.get("_name_or_path") or folder.name))
             writer.add_file_type(_file_type(outtype))
             arch.params(writer, config, folder)
-            pooled = None if arch.causal else pooling or sentence_transformers_pooling(folder)
             if pooled is not None:
                 writer.add_pooling_type(getattr(gguf.PoolingType, pooled))
             writer.add_tokenizer_model(vocab.model)
