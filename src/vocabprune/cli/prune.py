@@ -27,7 +27,7 @@ from vocabprune.core.loaders import (
 )
 from vocabprune.core.vocab import DEFAULT_FILENAME, KeptVocab, special_ids, tokenizer_fingerprint
 from vocabprune.data.counts import load_counts
-from vocabprune.data.scan import bincount_ids
+from vocabprune.data.scan import bincount_ids, prompt_ids
 from vocabprune.data.sources import Examples, read_examples
 from vocabprune.deploy.coverage import probe_coverage, uncovered_mapping
 from vocabprune.deploy.export import export_pruned, folder_bytes, verify_standalone_tokenizer
@@ -233,7 +233,8 @@ def run_prune(opts: PruneOptions, *, log: Callable[[str], None] | None = None) -
     scanned = _scan(opts, tokenizer, corpus, rows, words)
     data = tokenizer_json(tokenizer) if opts.standalone else None
     given = _given(opts, tokenizer, model, scanned)
-    prompts, template = _prompt_ids(model_path, tokenizer), _chat_template_ids(tokenizer)
+    prompts = set(prompt_ids(tokenizer, sentence_transformers_prompts(model_path)))
+    template = _chat_template_ids(tokenizer)
     if given:
         kept, extra = given, set()
     else:
@@ -302,14 +303,6 @@ def _meta(opts: PruneOptions, sources: list[Any], scanned: Scanned, lossy: bool)
         "target_size": opts.target_size,
         "lossy": lossy,
     }
-
-
-def _prompt_ids(model_path: str, tokenizer: Any) -> set[int]:
-    """The ids of the source's sentence-transformers prompts ("query: ", ...)."""
-    ids: set[int] = set()
-    for prompt in sentence_transformers_prompts(model_path):
-        ids.update(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    return ids
 
 
 def _chat_template_ids(tokenizer: Any) -> set[int]:

@@ -670,10 +670,16 @@ def _unwrap(tokenizer: Any, model: Any) -> tuple[Any, Any, list[int]]:
     else:
         return tokenizer, (prune_target(model) if model is not None else None), []
     prompts = [p for p in (getattr(wrapper, "prompts", None) or {}).values() if p]
+    return tokenizer, prune_target(model), prompt_ids(tokenizer, prompts)
+
+
+def prompt_ids(tokenizer: Any, prompts: Sequence[str]) -> list[int]:
+    """The ids of the prompts a sentence-transformers model prepends to texts ("query: ",
+    ...): read with every text it encodes, so a kept vocabulary keeps them."""
     ids: list[int] = []
     for prompt in prompts:
         ids += tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    return tokenizer, prune_target(model), ids
+    return ids
 
 
 _TOKENIZERS: dict[tuple[str, int], Any] = {}
